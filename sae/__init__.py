@@ -1,0 +1,3 @@
+"""Latent Atlas: TopK sparse autoencoders on language-model activations."""
+
+__version__ = "0.1.0"

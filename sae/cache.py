@@ -1,0 +1,207 @@
+"""The activation cache on disk: what `sae harvest` writes and training and indexing read.
+
+A cache is a folder:
+    manifest.json            settings, counts, statistics; "complete" once every shard exists
+    tokens.npy               (N, T) int32 token ids of every context, position 0 included
+    contexts.parquet         context_id, doc_id, start: where each context comes from
+    shards/acts-00000.safetensors ...
+                             "activations" (C, T-1, d): the residual stream at positions 1..T-1
+                             (position 0, the attention sink, is never stored) of C consecutive
+                             contexts; metadata: first_context, n_contexts, norm_sum, n_tokens
+
+Every file is written to a temporary name and renamed, so a killed harvest never leaves a file
+that looks complete but is not; a rerun recomputes exactly the shards that are missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from sae.errors import AtlasError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+TOKENS = "tokens.npy"
+CONTEXTS = "contexts.parquet"
+SHARDS = "shards"
+STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def shard_path(root: Path, index: int) -> Path:
+    return root / SHARDS / f"acts-{index:05d}.safetensors"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write bytes to `path` so that readers see the old file or the whole new one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, value: dict[str, Any]) -> None:
+    write_atomic(path, (json.dumps(value, indent=2) + "\n").encode())
+
+
+def read_manifest(root: Path) -> dict[str, Any] | None:
+    """The manifest of the cache at `root`, or None when `root` holds no cache."""
+    path = root / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise AtlasError(f"{path}: unreadable activation-cache manifest ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != "latent-atlas-activations":
+        raise AtlasError(f"{path}: not a Latent Atlas activation-cache manifest")
+    return manifest
+
+
+def write_contexts(
+    root: Path, *, token_ids: np.ndarray, doc_ids: list[str], start: np.ndarray
+) -> None:
+    """Write the token ids and provenance of every context (before any shard)."""
+    tmp = root / f".{TOKENS}.tmp.npy"
+    np.save(tmp, token_ids.astype(np.int32, copy=False))
+    os.replace(tmp, root / TOKENS)
+    table = pa.table(
+        {
+            "context_id": pa.array(np.arange(len(token_ids)), pa.int64()),
+            "doc_id": pa.array(doc_ids, pa.string()),
+            "start": pa.array(start, pa.int64()),
+        }
+    )
+    tmp = root / f".{CONTEXTS}.tmp"
+    pq.write_table(table, tmp)
+    os.replace(tmp, root / CONTEXTS)
+
+
+def write_shard(
+    root: Path,
+    index: int,
+    activations: torch.Tensor,
+    *,
+    first_context: int,
+    norm_sum: float,
+    n_tokens: int,
+) -> None:
+    """Write one shard of activations (C, T-1, d) atomically."""
+    path = shard_path(root, index)
+    tmp = path.with_name(f".{path.name}.tmp")
+    metadata = {
+        "first_context": str(first_context),
+        "n_contexts": str(activations.shape[0]),
+        "norm_sum": repr(norm_sum),
+        "n_tokens": str(n_tokens),
+    }
+    save_file({"activations": activations.contiguous()}, str(tmp), metadata=metadata)
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """What a shard's header says, read without loading its activations."""
+
+    index: int
+    first_context: int
+    n_contexts: int
+    norm_sum: float
+    n_tokens: int
+
+
+def read_shard_info(path: Path, index: int) -> ShardInfo:
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+            shape = handle.get_slice("activations").get_shape()
+        info = ShardInfo(
+            index=index,
+            first_context=int(meta["first_context"]),
+            n_contexts=int(meta["n_contexts"]),
+            norm_sum=float(meta["norm_sum"]),
+            n_tokens=int(meta["n_tokens"]),
+        )
+    except (SafetensorError, OSError, KeyError, ValueError) as exc:
+        raise AtlasError(f"{path}: corrupt activation shard ({exc})") from None
+    if shape[0] != info.n_contexts:
+        raise AtlasError(f"{path}: header says {info.n_contexts} contexts, holds {shape[0]}")
+    return info
+
+
+class ActivationCache:
+    """Read access to a complete activation cache."""
+
+    def __init__(self, root: str | Path, *, allow_incomplete: bool = False) -> None:
+        self.root = Path(root)
+        manifest = read_manifest(self.root)
+        if manifest is None:
+            raise AtlasError(f"{self.root}: not an activation cache (no {MANIFEST})")
+        if not manifest.get("complete") and not allow_incomplete:
+            raise AtlasError(
+                f"{self.root}: the harvest did not finish; rerun `sae harvest` with the same "
+                "--out to complete it"
+            )
+        self.manifest = manifest
+
+    @property
+    def layer(self) -> int:
+        return int(self.manifest["layer"])
+
+    @property
+    def d_model(self) -> int:
+        return int(self.manifest["d_model"])
+
+    @property
+    def context_length(self) -> int:
+        return int(self.manifest["context_length"])
+
+    @property
+    def n_contexts(self) -> int:
+        return int(self.manifest["n_contexts"])
+
+    @property
+    def n_shards(self) -> int:
+        return int(self.manifest["n_shards"])
+
+    def token_ids(self) -> np.ndarray:
+        """(N, T) int32 token ids of every context, memory-mapped."""
+        return np.load(self.root / TOKENS, mmap_mode="r")
+
+    def contexts(self) -> pa.Table:
+        return pq.read_table(self.root / CONTEXTS)
+
+    def shard(self, index: int) -> tuple[int, torch.Tensor]:
+        """(first context id, activations (C, T-1, d)) of one shard."""
+        path = shard_path(self.root, index)
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                first = int((handle.metadata() or {})["first_context"])
+                return first, handle.get_tensor("activations")
+        except (SafetensorError, OSError, KeyError, ValueError) as exc:
+            raise AtlasError(f"{path}: missing or corrupt activation shard ({exc})") from None
+
+    def shards(self) -> Iterator[tuple[int, torch.Tensor]]:
+        for index in range(self.n_shards):
+            yield self.shard(index)
+
+    def context_activations(self, context_id: int) -> torch.Tensor:
+        """Activations (T-1, d) of one context, positions 1..T-1."""
+        per_shard = int(self.manifest["shard_contexts"])
+        first, acts = self.shard(context_id // per_shard)
+        return acts[context_id - first]

@@ -1,0 +1,90 @@
+"""The `sae` command: thin wrappers that parse a config and call one function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+import sae
+from sae.cli_args import add_config_arguments, config_from_arguments
+from sae.errors import AtlasError
+from sae.harvest import HarvestConfig, harvest
+
+
+def run_harvest(args: argparse.Namespace) -> None:
+    cfg = config_from_arguments(HarvestConfig, args)
+    manifest = harvest(cfg)
+    print(f"activation cache: {cfg.out}")
+    print(json.dumps(manifest, indent=2))
+
+
+def run_fetch(args: argparse.Namespace) -> None:
+    """Prepare the offline defaults: convert the default model, fetch the default corpus."""
+    from sae.corpus import open_corpus
+    from sae.lm import resolve_model
+
+    if args.model:
+        print(f"model {args.model}: {resolve_model(args.model)}")
+    if args.corpus:
+        print(f"corpus {args.corpus}: {open_corpus(args.corpus).location}")
+
+
+def quiet_transformers() -> None:
+    """Our own progress bars and messages are enough: silence transformers' loading chatter."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sae", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"latent-atlas {sae.__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    harvest_parser = commands.add_parser(
+        "harvest", help="cache a model's activations at one layer over a corpus"
+    )
+    add_config_arguments(harvest_parser, HarvestConfig)
+    harvest_parser.set_defaults(handler=run_harvest)
+
+    fetch_parser = commands.add_parser(
+        "fetch", help="convert the default model and fetch a corpus into the cache, once"
+    )
+    fetch_parser.add_argument("--model", default="default", help="model to prepare")
+    fetch_parser.add_argument("--corpus", default="pydocs", help="corpus to fetch")
+    fetch_parser.set_defaults(handler=run_fetch)
+    return parser
+
+
+def run_command(handler: Callable[[argparse.Namespace], None], args: argparse.Namespace) -> int:
+    """Run a handler; user errors become one line on stderr and exit status 2."""
+    try:
+        handler(args)
+    except (AtlasError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("httpx", "huggingface_hub", "transformers", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_transformers()
+    return run_command(args.handler, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

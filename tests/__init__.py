@@ -1,0 +1,1 @@
+"""Latent Atlas test suite."""

@@ -1,0 +1,91 @@
+"""Shared fixtures: the real default model, a tiny random model, and small corpora.
+
+Nothing here downloads: the default model and corpus are prepared by `make setup`
+(`sae fetch`), and tests run with the Hugging Face Hub offline.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():  # Triton kernels run on the CPU through the interpreter
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from sae.lm import LanguageModel, default_model_dir, load_lm
+
+ENGLISH = (
+    "The library opened early on Saturday morning, and a small crowd of students waited "
+    "outside with their books. Inside, the librarian turned on the lights and unlocked the "
+    "doors. Everyone hurried to find a quiet table near the windows."
+)
+
+DOCUMENTS = [
+    "The os module provides a portable way of using operating system dependent functionality. "
+    "If you just want to read or write a file see open().",
+    "A list is a mutable sequence, typically used to store collections of homogeneous items. "
+    "Lists may be constructed in several ways: using a pair of square brackets.",
+    "def greet(name):\n    return f'Hello, {name}!'\n\nprint(greet('world'))\n",
+    "Exceptions are raised when errors are detected during execution. Most exceptions are not "
+    "handled by programs, and result in error messages as shown here.",
+    "The tokenizer splits text into tokens; each token is mapped to an integer id. "
+    "Short documents are packed together so that none is lost.",
+] * 6
+
+
+@pytest.fixture(scope="session")
+def default_model_folder() -> Path:
+    folder = default_model_dir()
+    if not (folder / "model.safetensors").is_file():
+        pytest.fail(f"the default model is not prepared in {folder}: run `make setup` first")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def default_lm(default_model_folder: Path) -> LanguageModel:
+    return load_lm("default")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, default_model_folder: Path) -> Path:
+    """A 4-block random Llama with the default model's tokenizer, saved as a local folder."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(default_model_folder / name, folder / name)
+    return folder
+
+
+@pytest.fixture
+def text_corpus(tmp_path: Path) -> Path:
+    """A folder of small .txt documents (about 1,000 tokens in all)."""
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for i, text in enumerate(DOCUMENTS):
+        (folder / f"doc{i:02d}.txt").write_text(text)
+    return folder
