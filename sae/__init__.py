@@ -1,3 +1,17 @@
 """Latent Atlas: TopK sparse autoencoders on language-model activations."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sae.model import SparseAutoencoder
+
 __version__ = "0.1.0"
+
+
+def load(path: str, *, device: str = "cpu") -> SparseAutoencoder:
+    """Load an SAE folder (ours, SAELens, sparsify or OpenAI), detecting the format."""
+    from sae.formats import load as load_any
+
+    return load_any(path, device=device)

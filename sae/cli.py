@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import sae
 from sae.cli_args import add_config_arguments, config_from_arguments
@@ -19,6 +21,52 @@ def run_harvest(args: argparse.Namespace) -> None:
     manifest = harvest(cfg)
     print(f"activation cache: {cfg.out}")
     print(json.dumps(manifest, indent=2))
+
+
+def run_train(args: argparse.Namespace) -> None:
+    from sae.train import TrainConfig, train
+
+    cfg = config_from_arguments(TrainConfig, args)
+    with distributed():
+        model = train(cfg)
+    if is_main_process():
+        print(
+            f"SAE: {cfg.out} (n={model.cfg.n_latents}, k={model.cfg.k}, "
+            f"{model.cfg.n_tokens} tokens)"
+        )
+
+
+def run_eval(args: argparse.Namespace) -> None:
+    from sae.evaluate import EvalConfig, run_eval
+
+    cfg = config_from_arguments(EvalConfig, args)
+    result = run_eval(cfg).to_dict()
+    if cfg.json:
+        print(json.dumps(result, indent=2))
+        return
+    for name, value in result.items():
+        print(f"{name:28} {value:.4f}" if isinstance(value, float) else f"{name:28} {value}")
+
+
+@contextlib.contextmanager
+def distributed() -> Iterator[None]:
+    """Join the torchrun process group when launched by torchrun (gloo on CPU, NCCL on GPU)."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        yield
+        return
+    import torch
+
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def run_fetch(args: argparse.Namespace) -> None:
@@ -51,6 +99,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_config_arguments(harvest_parser, HarvestConfig)
     harvest_parser.set_defaults(handler=run_harvest)
+
+    from sae.train import TrainConfig
+
+    train_parser = commands.add_parser(
+        "train", help="train a TopK SAE on an activation cache (torchrun for several processes)"
+    )
+    add_config_arguments(train_parser, TrainConfig)
+    train_parser.set_defaults(handler=run_train)
+
+    from sae.evaluate import EvalConfig
+
+    eval_parser = commands.add_parser(
+        "eval", help="nmse, L0, dead latents and the LM loss with the SAE spliced in"
+    )
+    add_config_arguments(eval_parser, EvalConfig)
+    eval_parser.set_defaults(handler=run_eval)
 
     fetch_parser = commands.add_parser(
         "fetch", help="convert the default model and fetch a corpus into the cache, once"

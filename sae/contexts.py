@@ -21,7 +21,7 @@ from sae.corpus import Document
 from sae.errors import AtlasError
 
 TOKENIZE_BATCH = 64  # documents per tokenizer call (the Rust tokenizer parallelises a batch)
-MIN_POOL_TOKENS = 1 << 22  # read at least this much of a corpus: all of pydocs, for one
+MIN_POOL_TOKENS = 1 << 20  # read at least this much of a corpus (about a third of pydocs)
 
 
 @dataclass

@@ -260,9 +260,8 @@ def _run_shards(
     pending: Future[None] | None = None
     with ThreadPoolExecutor(max_workers=1) as writer:
         for index in todo:
-            ids = torch.from_numpy(
-                np.asarray(token_ids[index * per_shard : (index + 1) * per_shard])
-            )
+            rows = np.asarray(token_ids[index * per_shard : (index + 1) * per_shard])
+            ids = torch.from_numpy(rows).long()  # (C, T)
             acts = _shard_activations(lm, ids, cfg, bar)  # (C, T-1, d)
             valid = ~torch.isin(ids[:, 1:], excluded)  # (C, T-1)
             norm_sum = float(acts[valid].float().norm(dim=-1).double().sum())

@@ -89,3 +89,25 @@ def text_corpus(tmp_path: Path) -> Path:
     for i, text in enumerate(DOCUMENTS):
         (folder / f"doc{i:02d}.txt").write_text(text)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """An activation cache of the tiny model (d=32): 2,048 activations in 4 shards."""
+    from sae.harvest import HarvestConfig, harvest
+
+    corpus = tmp_path_factory.mktemp("tiny-corpus") / "docs.txt"
+    corpus.write_text(" ".join(DOCUMENTS * 4))
+    out = tmp_path_factory.mktemp("tiny-cache") / "acts"
+    cfg = HarvestConfig(
+        out=str(out),
+        model=str(tiny_model_dir),
+        corpus=str(corpus),
+        layer=2,
+        tokens=2048,
+        context_length=17,
+        shard_contexts=32,
+        dtype="float32",
+    )
+    harvest(cfg, progress=False)
+    return out

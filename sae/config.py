@@ -1,0 +1,77 @@
+"""Configuration of a TopK sparse autoencoder: everything needed to rebuild it from `cfg.json`."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Normalize = Literal["none", "scale", "layer_norm"]
+
+
+@dataclass
+class SaeConfig:
+    """Hyperparameters and provenance of one SAE. Round-trips through `cfg.json`."""
+
+    d_in: int = field(metadata={"help": "width of the activations (the model's d_model)"})
+    n_latents: int = field(metadata={"help": "number of latents n"})
+    k: int = field(metadata={"help": "active latents per token"})
+    normalize: Normalize = field(
+        default="scale",
+        metadata={
+            "help": "input normalisation: 'scale' multiplies every input by one constant so "
+            "that inputs have unit mean norm; 'layer_norm' centres and unit-normalises each "
+            "token (OpenAI releases); 'none' leaves inputs as they are"
+        },
+    )
+    input_scale: float = field(
+        default=1.0, metadata={"help": "the constant of normalize='scale', set from data"}
+    )
+    multi_topk: bool = field(
+        default=False, metadata={"help": "train with L(k) + L(4k)/8 so other k work at test time"}
+    )
+    k_aux: int = field(default=512, metadata={"help": "dead latents used by the AuxK loss"})
+    auxk_coef: float = field(default=1 / 32, metadata={"help": "weight of the AuxK loss"})
+    dead_tokens: int = field(
+        default=10_000_000, metadata={"help": "a latent is dead after this many tokens unfired"}
+    )
+    # Provenance: what the SAE was trained on.
+    model: str = ""
+    layer: int | None = None
+    hook: str = ""
+    corpus: str = ""
+    n_tokens: int = 0
+    library_version: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("d_in", "n_latents", "k", "k_aux", "dead_tokens"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.k > self.n_latents:
+            raise ValueError(f"k ({self.k}) must not exceed n_latents ({self.n_latents})")
+        if self.normalize not in ("none", "scale", "layer_norm"):
+            raise ValueError(f"normalize must be none, scale or layer_norm, got {self.normalize!r}")
+        if not self.input_scale > 0:
+            raise ValueError(f"input_scale must be positive, got {self.input_scale}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, source: str = "cfg.json") -> SaeConfig:
+        """Build from a dict, naming the file and the field when something is wrong."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown field(s) {', '.join(unknown)}")
+        missing = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.name not in values and f.default is dataclasses.MISSING
+        ]
+        if missing:
+            raise ValueError(f"{source}: missing field(s) {', '.join(missing)}")
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{source}: {exc}") from None

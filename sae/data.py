@@ -1,0 +1,102 @@
+"""Shuffled batches of activations from a cache, in an order that can be resumed exactly.
+
+Consecutive activations of one context are highly correlated, so training wants tokens mixed
+across contexts. Shards are visited in a seeded order per epoch and pooled into groups of about
+`shuffle_tokens` tokens; each group is shuffled by a seeded permutation. The stream of tokens is
+therefore a pure function of (seed, epoch), and resuming at token t only needs to skip the groups
+before t — without reading them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from sae.cache import ActivationCache
+
+
+@dataclass(frozen=True)
+class Group:
+    """Shards pooled and shuffled together."""
+
+    shards: tuple[int, ...]
+    n_tokens: int
+
+
+class ShuffledTokens:
+    """Batches (B, d) of activations from a cache, epoch after epoch, resumable by token offset."""
+
+    def __init__(
+        self,
+        cache: ActivationCache,
+        *,
+        batch_size: int,
+        shuffle_tokens: int = 1 << 18,
+        seed: int = 0,
+    ) -> None:
+        self.cache = cache
+        self.batch_size = batch_size
+        self.shuffle_tokens = shuffle_tokens
+        self.seed = seed
+        self._valid = self._valid_positions()  # (N, T-1) bool
+        self._shard_tokens = self._tokens_per_shard()
+        self.tokens_per_epoch = int(sum(self._shard_tokens))
+
+    def _valid_positions(self) -> np.ndarray:
+        """Positions kept for training: all of 1..T-1 except excluded (special) tokens."""
+        tokens = self.cache.token_ids()[:, 1:]  # (N, T-1)
+        excluded = self.cache.manifest.get("excluded_token_ids") or []
+        return ~np.isin(tokens, np.asarray(excluded, dtype=np.int32))
+
+    def _tokens_per_shard(self) -> list[int]:
+        per_shard = int(self.cache.manifest["shard_contexts"])
+        return [
+            int(self._valid[i * per_shard : (i + 1) * per_shard].sum())
+            for i in range(self.cache.n_shards)
+        ]
+
+    def groups(self, epoch: int) -> list[Group]:
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.cache.n_shards)
+        groups, current, size = [], [], 0
+        for shard in order.tolist():
+            current.append(shard)
+            size += self._shard_tokens[shard]
+            if size >= self.shuffle_tokens:
+                groups.append(Group(tuple(current), size))
+                current, size = [], 0
+        if current:
+            groups.append(Group(tuple(current), size))
+        return groups
+
+    def _group_tokens(self, group: Group, epoch: int, index: int) -> Tensor:
+        per_shard = int(self.cache.manifest["shard_contexts"])
+        parts = []
+        for shard in group.shards:
+            first, acts = self.cache.shard(shard)  # (C, T-1, d)
+            valid = torch.from_numpy(self._valid[first : first + per_shard][: len(acts)])
+            parts.append(acts[valid])  # (tokens, d)
+        pooled = torch.cat(parts)  # (tokens, d)
+        order = np.random.default_rng([self.seed, epoch, index]).permutation(len(pooled))
+        return pooled[torch.from_numpy(order)]
+
+    def batches(self, *, start_token: int = 0) -> Iterator[Tensor]:
+        """Endless (B, d) batches in storage dtype, beginning at global token `start_token`."""
+        epoch, skip = divmod(start_token, self.tokens_per_epoch)
+        carry: Tensor | None = None
+        while True:
+            for index, group in enumerate(self.groups(epoch)):
+                if skip >= group.n_tokens:  # resuming: this whole group was consumed before
+                    skip -= group.n_tokens
+                    continue
+                tokens = self._group_tokens(group, epoch, index)[skip:]
+                skip = 0
+                if carry is not None:
+                    tokens = torch.cat([carry, tokens])
+                n_full = len(tokens) // self.batch_size * self.batch_size
+                yield from tokens[:n_full].split(self.batch_size)
+                carry = tokens[n_full:] if n_full < len(tokens) else None
+            epoch += 1

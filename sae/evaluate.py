@@ -1,0 +1,183 @@
+"""`sae eval`: how well an SAE reconstructs, and what its reconstruction costs the model.
+
+Metrics on held-out contexts (contexts of the same corpus that are not in the cache):
+- nmse: squared error over the variance of the inputs (the training loss's quantity);
+- explained variance: 1 - Var(x - x̂) / Var(x), per dimension, summed;
+- L0: mean number of active latents per token; dead fraction: latents that never fired;
+- downstream (the paper's §4.1): the model's next-token loss when the layer's output is replaced
+  by the SAE's reconstruction, next to the loss with the layer zero- and mean-ablated.
+Position 0 (the attention sink) is never replaced: the SAE was not trained on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from sae.cache import ActivationCache
+from sae.contexts import build_contexts
+from sae.corpus import open_corpus
+from sae.errors import AtlasError
+from sae.lm import LanguageModel, load_lm, next_token_loss, residual_stream
+from sae.model import SparseAutoencoder
+
+
+@dataclass
+class EvalConfig:
+    """Settings of `sae eval`. Field help texts become `sae eval --help`."""
+
+    sae: str = field(metadata={"help": "SAE folder (ours, SAELens, sparsify or OpenAI)"})
+    acts: str = field(metadata={"help": "the activation cache the SAE was trained on"})
+    contexts: int = field(default=64, metadata={"help": "held-out contexts to evaluate on"})
+    batch_size: int = field(default=16, metadata={"help": "contexts per forward pass"})
+    json: bool = field(default=False, metadata={"help": "print the result as JSON"})
+    device: str = field(default="cpu", metadata={"help": "torch device"})
+
+    def __post_init__(self) -> None:
+        if self.contexts <= 0 or self.batch_size <= 0:
+            raise ValueError("contexts and batch_size must be positive")
+
+
+@dataclass
+class EvalResult:
+    """The numbers `sae eval` reports."""
+
+    nmse: float
+    explained_variance: float
+    l0: float
+    dead_fraction: float
+    loss_clean: float
+    loss_sae: float
+    loss_zero_ablation: float
+    loss_mean_ablation: float
+    delta_loss: float
+    delta_loss_zero_ablation: float
+    delta_loss_mean_ablation: float
+    n_tokens: int
+    n_contexts: int
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def held_out_contexts(cache: ActivationCache, tokenizer: object, n: int) -> Tensor:
+    """Contexts of the cache's corpus that the cache does not contain: (n, T) token ids."""
+    manifest = cache.manifest
+    settings = manifest["settings"]
+    corpus = open_corpus(settings["corpus"], fetch=False)
+    needed = cache.n_contexts + n
+    contexts = build_contexts(
+        corpus.documents(),
+        tokenizer,
+        context_length=cache.context_length,
+        n_contexts=needed,
+        seed=int(settings["seed"]),
+        corpus_name=settings["corpus"],
+    )
+    seen = {row.tobytes() for row in np.asarray(cache.token_ids())}
+    fresh = [row for row in contexts.token_ids if row.tobytes() not in seen][:n]
+    if not fresh:
+        raise AtlasError(
+            f"corpus {settings['corpus']!r} has no contexts beyond those in the "
+            f"cache {cache.root}; harvest fewer tokens to keep some held out"
+        )
+    return torch.from_numpy(np.stack(fresh)).long()
+
+
+def mean_activation(cache: ActivationCache) -> Tensor:
+    """The mean cached activation (d,): what mean-ablation substitutes."""
+    total = torch.zeros(cache.d_model, dtype=torch.float64)
+    count = 0
+    for _, acts in cache.shards():
+        total += acts.flatten(0, 1).double().sum(0)
+        count += acts.shape[0] * acts.shape[1]
+    return (total / max(count, 1)).float()
+
+
+def _splice(values: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """Replace positions 1.. of a block's output (B, T, d); keep the attention sink."""
+
+    def replace(hidden: Tensor) -> Tensor:
+        out = hidden.clone()
+        out[:, 1:] = values(hidden[:, 1:]).to(hidden.dtype)
+        return out
+
+    return replace
+
+
+@torch.no_grad()
+def evaluate(
+    model: SparseAutoencoder,
+    lm: LanguageModel,
+    cache: ActivationCache,
+    token_ids: Tensor,
+    *,
+    batch_size: int = 16,
+) -> EvalResult:
+    """All metrics on the given held-out contexts (N, T)."""
+    layer, mean = cache.layer, mean_activation(cache).to(lm.device)
+    sums = {"sq_err": 0.0, "l0": 0.0, "clean": 0.0, "sae": 0.0, "zero": 0.0, "mean": 0.0}
+    xs, errs = [], []
+    fired = torch.zeros(model.cfg.n_latents, dtype=torch.bool)
+    for batch in token_ids.split(batch_size):
+        x = residual_stream(lm, batch, layer)[:, 1:].float()  # (b, T-1, d)
+        out = model(x.flatten(0, 1).to(model.device))
+        xs.append(x.flatten(0, 1).cpu())
+        errs.append((x.flatten(0, 1) - out.sae_out.to(x.device)).cpu())
+        sums["l0"] += float((out.top_acts > 0).sum())
+        fired[out.top_indices[out.top_acts > 0].cpu()] = True
+        weight = len(batch)
+        reconstruct = _splice(lambda h: model(h.flatten(0, 1).float()).sae_out.view_as(h))
+        sums["clean"] += weight * float(next_token_loss(lm, batch))
+        sums["sae"] += weight * float(next_token_loss(lm, batch, layer=layer, replace=reconstruct))
+        sums["zero"] += weight * float(
+            next_token_loss(lm, batch, layer=layer, replace=_splice(torch.zeros_like))
+        )
+        sums["mean"] += weight * float(
+            next_token_loss(lm, batch, layer=layer, replace=_splice(lambda h: mean.expand_as(h)))
+        )
+    x_all, err_all = torch.cat(xs), torch.cat(errs)  # (N, d)
+    n_tokens, n_contexts = len(x_all), len(token_ids)
+    variance = (x_all - x_all.mean(0)).pow(2).sum(-1).mean()
+    losses = {key: sums[key] / n_contexts for key in ("clean", "sae", "zero", "mean")}
+    return EvalResult(
+        nmse=float(err_all.pow(2).sum(-1).mean() / variance),
+        explained_variance=float(1 - err_all.var(0).sum() / x_all.var(0).sum()),
+        l0=sums["l0"] / n_tokens,
+        dead_fraction=float((~fired).float().mean()),
+        loss_clean=losses["clean"],
+        loss_sae=losses["sae"],
+        loss_zero_ablation=losses["zero"],
+        loss_mean_ablation=losses["mean"],
+        delta_loss=losses["sae"] - losses["clean"],
+        delta_loss_zero_ablation=losses["zero"] - losses["clean"],
+        delta_loss_mean_ablation=losses["mean"] - losses["clean"],
+        n_tokens=n_tokens,
+        n_contexts=n_contexts,
+    )
+
+
+def run_eval(cfg: EvalConfig) -> EvalResult:
+    from sae.formats import load
+
+    cache = ActivationCache(cfg.acts)
+    model = load(cfg.sae, device=cfg.device).eval()
+    if model.cfg.d_in != cache.d_model:
+        raise AtlasError(
+            f"SAE {cfg.sae} has d_in {model.cfg.d_in}, but cache {cfg.acts} holds "
+            f"width {cache.d_model}"
+        )
+    if model.cfg.layer is not None and model.cfg.layer != cache.layer:
+        raise AtlasError(
+            f"SAE {cfg.sae} was trained at layer {model.cfg.layer}, the cache "
+            f"{cfg.acts} is layer {cache.layer}"
+        )
+    lm = load_lm(
+        cache.manifest["model"], dtype=cache.manifest["settings"]["model_dtype"], device=cfg.device
+    )
+    token_ids = held_out_contexts(cache, lm.tokenizer, cfg.contexts)
+    return evaluate(model, lm, cache, token_ids, batch_size=cfg.batch_size)

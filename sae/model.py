@@ -1,0 +1,232 @@
+"""The TopK sparse autoencoder of "Scaling and evaluating sparse autoencoders" (Gao et al. 2024).
+
+    z = ReLU(TopK_k(W_enc (x - b_pre) + b_enc))        x̂ = W_dec z + b_pre
+
+on normalised inputs (see `SaeConfig.normalize`), undone on decode. W_enc and W_dec are both
+stored (n, d), so a latent's decoder direction is one contiguous row for the sparse kernels.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+import sae as sae_package
+from sae.config import SaeConfig
+from sae.kernels import EncoderOutput, sparse_decode, topk_encode
+
+WEIGHTS = "sae.safetensors"
+CONFIG = "cfg.json"
+
+
+class ForwardOutput(NamedTuple):
+    """What one forward pass of the SAE gives."""
+
+    sae_out: Tensor
+    """Reconstruction of the input, in the input's own (raw) space, (..., d)."""
+    top_acts: Tensor
+    """Activations of the k selected latents, (..., k)."""
+    top_indices: Tensor
+    """Ids of those latents, (..., k)."""
+    fvu: Tensor
+    """Normalised MSE: squared error over the variance of the batch (scalar)."""
+    auxk_loss: Tensor
+    """AuxK loss on the residual, from dead latents only; 0 without dead latents (scalar)."""
+    multi_topk_fvu: Tensor
+    """Normalised MSE with 4k latents when `multi_topk` is on, else 0 (scalar)."""
+
+
+class SparseAutoencoder(nn.Module):
+    """A TopK SAE with input normalisation, AuxK and optional Multi-TopK."""
+
+    def __init__(
+        self,
+        cfg: SaeConfig,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        n, d = cfg.n_latents, cfg.d_in
+        self.W_enc = nn.Parameter(torch.empty(n, d, device=device, dtype=dtype))
+        self.b_enc = nn.Parameter(torch.zeros(n, device=device, dtype=dtype))
+        self.W_dec = nn.Parameter(torch.empty(n, d, device=device, dtype=dtype))
+        self.b_pre = nn.Parameter(torch.zeros(d, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    # --- initialisation ----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def reset_parameters(self, *, seed: int | None = None) -> None:
+        """Tied init: W_dec = W_enc with unit-norm rows; b_enc = 0."""
+        generator = torch.Generator(device="cpu")
+        generator.manual_seed(0 if seed is None else seed)
+        weight = torch.randn(self.W_enc.shape, generator=generator)  # (n, d)
+        weight /= weight.norm(dim=-1, keepdim=True)
+        self.W_dec.copy_(weight)
+        self.W_enc.copy_(weight)
+        self.b_enc.zero_()
+
+    @torch.no_grad()
+    def init_from_data(self, sample: Tensor, *, seed: int = 0) -> None:
+        """Data-dependent init from raw activations (N, d): input scale, b_pre, encoder scale.
+
+        - input_scale makes normalised inputs have unit mean norm (normalize="scale");
+        - b_pre is the geometric median of the normalised sample (robust to outliers);
+        - W_enc is scaled so that reconstructing a random unit input gives norm about 1.
+        """
+        sample = sample.to(self.W_enc.device, torch.float32)
+        if self.cfg.normalize == "scale":
+            mean_norm = float(sample.norm(dim=-1).mean())
+            self.cfg.input_scale = 1.0 / mean_norm if mean_norm > 0 else 1.0
+        normalised, _ = self.normalize(sample)
+        self.b_pre.copy_(geometric_median(normalised).to(self.b_pre.dtype))
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        probe = torch.randn(256, self.cfg.d_in, generator=generator).to(self.W_enc.device)
+        probe /= probe.norm(dim=-1, keepdim=True)  # (256, d) random unit inputs
+        acts, idx = topk_encode(probe.to(self.W_enc.dtype), self.W_enc, self.b_enc, self.cfg.k)
+        norm = float(sparse_decode(acts, idx, self.W_dec).norm(dim=-1).mean())
+        if norm > 0:
+            self.W_enc.mul_(1.0 / norm)
+
+    # --- normalisation -----------------------------------------------------------------------
+
+    def normalize(self, x: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        """Raw input (..., d) → normalised input and what is needed to undo it."""
+        if self.cfg.normalize == "scale":
+            return x * self.cfg.input_scale, None
+        if self.cfg.normalize == "layer_norm":
+            mu = x.mean(dim=-1, keepdim=True)  # (..., 1)
+            centred = x - mu
+            std = centred.norm(dim=-1, keepdim=True).clamp_min(1e-6)  # (..., 1) unit norm
+            return centred / std, (mu, std)
+        return x, None
+
+    def denormalize(self, x: Tensor, stats: tuple[Tensor, Tensor] | None) -> Tensor:
+        if self.cfg.normalize == "scale":
+            return x / self.cfg.input_scale
+        if self.cfg.normalize == "layer_norm":
+            if stats is None:
+                raise ValueError("a layer_norm SAE needs the input's statistics to decode")
+            mu, std = stats
+            return x * std + mu
+        return x
+
+    # --- the public API ----------------------------------------------------------------------
+
+    def encode(self, x: Tensor) -> EncoderOutput:
+        """Raw model activations (..., d) → the k active latents (..., k)."""
+        normalised, _ = self.normalize(x.to(self.W_enc.dtype))
+        return self._encode_normalised(normalised, self.cfg.k)
+
+    def decode(
+        self, top_acts: Tensor, top_indices: Tensor, *, stats: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
+        """Latents (..., k) → reconstruction (..., d) in the raw input space."""
+        normalised = sparse_decode(top_acts, top_indices, self.W_dec) + self.b_pre  # (..., d)
+        return self.denormalize(normalised, stats)
+
+    def forward(
+        self, x: Tensor, *, dead_mask: Tensor | None = None, fvu_denominator: float | None = None
+    ) -> ForwardOutput:
+        """Encode, decode and compute the training losses on raw activations (B, d).
+
+        `dead_mask` (n,) marks latents that have not fired recently: they drive the AuxK loss.
+        `fvu_denominator` is MSE(mean(x), x) measured once on a sample (per batch if None).
+        """
+        xn, stats = self.normalize(x.to(self.W_enc.dtype))  # (B, d)
+        acts, idx = self._encode_normalised(xn, self.cfg.k)  # (B, k)
+        recon = sparse_decode(acts, idx, self.W_dec) + self.b_pre  # (B, d)
+        denominator = fvu_denominator if fvu_denominator is not None else _variance(xn)
+        residual = xn - recon  # (B, d)
+        fvu = residual.pow(2).sum(-1).mean() / denominator
+        auxk = self._auxk_loss(xn, residual.detach(), dead_mask)
+        multi = torch.zeros((), device=x.device)
+        if self.cfg.multi_topk:
+            acts4, idx4 = self._encode_normalised(xn, min(4 * self.cfg.k, self.cfg.n_latents))
+            recon4 = sparse_decode(acts4, idx4, self.W_dec) + self.b_pre
+            multi = (xn - recon4).pow(2).sum(-1).mean() / denominator
+        return ForwardOutput(self.denormalize(recon, stats), acts, idx, fvu, auxk, multi)
+
+    def _encode_normalised(self, xn: Tensor, k: int) -> EncoderOutput:
+        return topk_encode(xn - self.b_pre, self.W_enc, self.b_enc, k)
+
+    def _auxk_loss(self, xn: Tensor, residual: Tensor, dead_mask: Tensor | None) -> Tensor:
+        """Reconstruct the residual with the top k_aux dead latents (paper §2.4)."""
+        zero = torch.zeros((), device=xn.device)
+        if dead_mask is None or not bool(dead_mask.any()):
+            return zero
+        dead = dead_mask.nonzero().squeeze(1)  # (m,)
+        k_aux = min(self.cfg.k_aux, len(dead))
+        pre = torch.addmm(self.b_enc[dead], xn - self.b_pre, self.W_enc[dead].T)  # (B, m)
+        vals, pos = pre.topk(k_aux, dim=-1, sorted=False)  # (B, k_aux)
+        estimate = sparse_decode(vals.relu(), dead[pos], self.W_dec)  # (B, d)
+        loss = (estimate - residual).pow(2).sum(-1).mean() / _variance(residual)
+        return torch.nan_to_num(loss, nan=0.0)  # a zero residual gives 0/0
+
+    # --- the decoder constraint -------------------------------------------------------------
+
+    @torch.no_grad()
+    def set_decoder_norm_to_unit_norm(self) -> None:
+        norms = self.W_dec.norm(dim=-1, keepdim=True)  # (n, 1)
+        self.W_dec.div_(norms.clamp_min(torch.finfo(self.W_dec.dtype).eps))
+
+    @torch.no_grad()
+    def remove_gradient_parallel_to_decoder_directions(self) -> None:
+        """Project out of each row's gradient its component along the (unit) row itself."""
+        if self.W_dec.grad is None:
+            return
+        parallel = (self.W_dec.grad * self.W_dec).sum(-1, keepdim=True)  # (n, 1)
+        self.W_dec.grad -= parallel * self.W_dec
+
+    # --- saving ------------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> None:
+        """Write `cfg.json` and `sae.safetensors` into the folder `path`."""
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.cfg.library_version = sae_package.__version__
+        tensors = {name: p.detach().contiguous().cpu() for name, p in self.named_parameters()}
+        save_file(tensors, str(folder / WEIGHTS), metadata={"format": "latent-atlas-sae"})
+        (folder / CONFIG).write_text(json.dumps(self.cfg.to_dict(), indent=2) + "\n")
+
+    @property
+    def device(self) -> torch.device:
+        return self.W_enc.device
+
+
+def _variance(x: Tensor) -> Tensor:
+    """MSE of predicting every row by the batch mean: the FVU's denominator."""
+    return (x - x.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
+
+
+@torch.no_grad()
+def geometric_median(points: Tensor, *, iterations: int = 100, tol: float = 1e-5) -> Tensor:
+    """The point minimising the sum of Euclidean distances to `points` (N, d): Weiszfeld."""
+    median = points.mean(0)  # (d,)
+    for _ in range(iterations):
+        distances = (points - median).norm(dim=-1).clamp_min(1e-8)  # (N,)
+        weights = 1.0 / distances
+        update = (weights[:, None] * points).sum(0) / weights.sum()
+        moved = float((update - median).norm())
+        median = update
+        if moved <= tol * max(float(median.norm()), 1.0):
+            break
+    return median
+
+
+def unit_norm_check(sae: SparseAutoencoder) -> float:
+    """Largest deviation of a decoder row norm from 1 (for tests and sanity checks)."""
+    return float((sae.W_dec.detach().norm(dim=-1) - 1).abs().max())
+
+
+def default_learning_rate(n_latents: int) -> float:
+    """2e-4 / sqrt(n / 2^14), the paper's scaling of the learning rate with width."""
+    return 2e-4 / math.sqrt(n_latents / 2**14)

@@ -1,0 +1,309 @@
+"""`sae train`: fit a TopK SAE to an activation cache with the paper's recipe.
+
+Each step: forward with AuxK from the dead latents, backward, remove the decoder gradient's
+component along each decoder row, Adam step, renormalise the decoder rows, and count which
+latents fired. Checkpoints hold everything a resumed run needs to continue exactly: weights,
+optimizer, step, dead-latent counters and the data position. Under torchrun every rank takes
+its slice of each global batch and gradients are averaged (DDP semantics, done by hand so the
+sparse kernels stay in control of the backward).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+import sae as sae_package
+from sae.cache import ActivationCache
+from sae.config import Normalize, SaeConfig
+from sae.data import ShuffledTokens
+from sae.errors import AtlasError
+from sae.model import ForwardOutput, SparseAutoencoder, default_learning_rate
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint"
+METRICS = "metrics.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run. Field help texts become `sae train --help`."""
+
+    acts: str = field(metadata={"help": "activation cache written by `sae harvest`"})
+    out: str = field(metadata={"help": "folder for the SAE, its checkpoints and metrics"})
+    latents: int = field(default=4608, metadata={"help": "number of latents n"})
+    k: int = field(default=32, metadata={"help": "active latents per token"})
+    batch_size: int = field(default=4096, metadata={"help": "tokens per step (global)"})
+    tokens: int = field(
+        default=0, metadata={"help": "tokens to train on; 0 means one pass over the cache"}
+    )
+    lr: float = field(default=0.0, metadata={"help": "learning rate; 0 means 2e-4/sqrt(n/2^14)"})
+    warmup_steps: int = field(default=50, metadata={"help": "linear learning-rate warm-up"})
+    auxk: bool = field(default=True, metadata={"help": "AuxK loss from dead latents"})
+    k_aux: int = field(default=0, metadata={"help": "dead latents in AuxK; 0 means min(512, d/2)"})
+    dead_tokens: int = field(
+        default=0,
+        metadata={
+            "help": "tokens without firing before a latent counts as dead; 0 means "
+            "min(10M, a quarter of the run)"
+        },
+    )
+    multi_topk: bool = field(default=False, metadata={"help": "add L(4k)/8 to the loss"})
+    normalize: Normalize = field(default="scale", metadata={"help": "input normalisation"})
+    shuffle_tokens: int = field(default=1 << 18, metadata={"help": "tokens shuffled together"})
+    seed: int = field(default=0, metadata={"help": "seed of initialisation and data order"})
+    checkpoint_every: int = field(default=200, metadata={"help": "steps between checkpoints"})
+    resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint"})
+    device: str = field(default="cpu", metadata={"help": "torch device"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self) -> None:
+        for name in ("latents", "k", "batch_size", "checkpoint_every"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("tokens", "lr", "warmup_steps", "k_aux", "dead_tokens"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.k > self.latents:
+            raise ValueError(f"k ({self.k}) must not exceed latents ({self.latents})")
+
+
+@dataclass
+class TrainState:
+    """Everything that changes during training besides the weights and the optimizer."""
+
+    step: int = 0
+    tokens_seen: int = 0
+    fvu_denominator: float = 0.0
+    tokens_since_fired: torch.Tensor | None = None  # (n,) int64, in tokens since last fired
+
+
+def _distributed() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def train(cfg: TrainConfig) -> SparseAutoencoder:
+    """Train (or resume) an SAE; write it to `cfg.out`; return it."""
+    rank, world = _distributed()
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} must divide by the {world} processes")
+    cache = ActivationCache(cfg.acts)
+    data = ShuffledTokens(
+        cache, batch_size=cfg.batch_size, shuffle_tokens=cfg.shuffle_tokens, seed=cfg.seed
+    )
+    total_tokens = cfg.tokens or data.tokens_per_epoch
+    n_steps = max(total_tokens // cfg.batch_size, 1)
+    out = Path(cfg.out)
+    sae, optimizer, state = _setup(cfg, cache, data, out=out, n_steps=n_steps, rank=rank)
+    batches = data.batches(start_token=state.tokens_seen)
+    bar = tqdm(
+        total=n_steps,
+        initial=state.step,
+        unit="step",
+        disable=not cfg.progress or rank,
+        desc=f"train n={cfg.latents} k={cfg.k}",
+    )
+    started, tokens_at_start = time.perf_counter(), state.tokens_seen
+    metrics_file = (out / METRICS).open("a") if rank == 0 else None
+    try:
+        while state.step < n_steps:
+            batch = next(batches)[rank::world].to(cfg.device, torch.float32)  # (B/world, d)
+            output = _step(sae, optimizer, batch, state, cfg=cfg, world=world)
+            state.step += 1
+            state.tokens_seen += cfg.batch_size
+            record = _metrics(
+                output,
+                state,
+                dead_tokens=sae.cfg.dead_tokens,
+                lr=optimizer.param_groups[0]["lr"],
+                started=started,
+                tokens_at_start=tokens_at_start,
+            )
+            if metrics_file is not None:
+                metrics_file.write(json.dumps(record) + "\n")
+            bar.update(1)
+            bar.set_postfix(
+                nmse=f"{record['fvu']:.3f}",
+                L0=f"{record['l0']:.1f}",
+                dead=f"{record['dead_fraction']:.1%}",
+                tok_s=f"{record['tokens_per_s']:.0f}",
+            )
+            if rank == 0 and (state.step % cfg.checkpoint_every == 0 or state.step == n_steps):
+                metrics_file.flush()  # type: ignore[union-attr]
+                save_checkpoint(out, sae, optimizer, state)
+    finally:
+        bar.close()
+        if metrics_file is not None:
+            metrics_file.close()
+    if rank == 0:
+        sae.save(out)
+    return sae
+
+
+def _setup(
+    cfg: TrainConfig,
+    cache: ActivationCache,
+    data: ShuffledTokens,
+    *,
+    out: Path,
+    n_steps: int,
+    rank: int,
+) -> tuple[SparseAutoencoder, torch.optim.Optimizer, TrainState]:
+    checkpoint = out / CHECKPOINT
+    if cfg.resume and (checkpoint / "state.pt").is_file():
+        sae, optimizer, state = load_checkpoint(checkpoint, cfg)
+        log.info("resuming %s at step %d", out, state.step)
+        return sae, optimizer, state
+    if out.exists() and any(out.iterdir()) and not cfg.resume:
+        raise AtlasError(
+            f"--out {out} is not empty; pass --resume to continue the run there "
+            "or choose another folder"
+        )
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    d = cache.d_model
+    sae_cfg = SaeConfig(
+        d_in=d,
+        n_latents=cfg.latents,
+        k=cfg.k,
+        normalize=cfg.normalize,
+        multi_topk=cfg.multi_topk,
+        k_aux=cfg.k_aux or min(512, d // 2),
+        dead_tokens=cfg.dead_tokens or min(10_000_000, max(n_steps * cfg.batch_size // 4, 1)),
+        model=str(cache.manifest.get("model", "")),
+        layer=cache.layer,
+        hook=str(cache.manifest.get("hook", "")),
+        corpus=str(cache.manifest.get("corpus", "")),
+        n_tokens=n_steps * cfg.batch_size,
+        library_version=sae_package.__version__,
+    )
+    torch.manual_seed(cfg.seed)
+    sae = SparseAutoencoder(sae_cfg, device=cfg.device)
+    sae.reset_parameters(seed=cfg.seed)
+    sample = next(data.batches(start_token=0)).float()  # (B, d): the same on every rank
+    sae.init_from_data(sample, seed=cfg.seed)
+    normalised, _ = sae.normalize(sample.to(cfg.device))
+    state = TrainState(
+        fvu_denominator=float((normalised - normalised.mean(0)).pow(2).sum(-1).mean()),
+        tokens_since_fired=torch.zeros(cfg.latents, dtype=torch.long),
+    )
+    lr = cfg.lr or default_learning_rate(cfg.latents)
+    optimizer = torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999), eps=6.25e-10)
+    return sae, optimizer, state
+
+
+def _step(
+    sae: SparseAutoencoder,
+    optimizer: torch.optim.Optimizer,
+    batch: torch.Tensor,
+    state: TrainState,
+    *,
+    cfg: TrainConfig,
+    world: int,
+) -> ForwardOutput:
+    for group in optimizer.param_groups:  # linear warm-up, then constant
+        group["lr"] = group.setdefault("base_lr", group["lr"]) * min(
+            1.0, (state.step + 1) / max(cfg.warmup_steps, 1)
+        )
+    assert state.tokens_since_fired is not None
+    dead = state.tokens_since_fired >= sae.cfg.dead_tokens if cfg.auxk else None
+    output = sae(
+        batch,
+        dead_mask=dead.to(batch.device) if dead is not None else None,
+        fvu_denominator=state.fvu_denominator,
+    )
+    loss = output.fvu + sae.cfg.auxk_coef * output.auxk_loss + output.multi_topk_fvu / 8
+    loss.backward()
+    fired = torch.zeros(sae.cfg.n_latents, dtype=torch.long, device=batch.device)
+    fired.index_add_(
+        0, output.top_indices.flatten(), (output.top_acts > 0).flatten().long()
+    )  # (n,)
+    if world > 1:
+        for param in sae.parameters():
+            assert param.grad is not None
+            dist.all_reduce(param.grad)
+            param.grad /= world
+        dist.all_reduce(fired)
+    sae.remove_gradient_parallel_to_decoder_directions()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    sae.set_decoder_norm_to_unit_norm()
+    state.tokens_since_fired += cfg.batch_size
+    state.tokens_since_fired[fired.cpu() > 0] = 0
+    return output
+
+
+def _metrics(
+    output: ForwardOutput,
+    state: TrainState,
+    *,
+    dead_tokens: int,
+    lr: float,
+    started: float,
+    tokens_at_start: int,
+) -> dict[str, Any]:
+    assert state.tokens_since_fired is not None
+    elapsed = max(time.perf_counter() - started, 1e-9)
+    return {
+        "step": state.step,
+        "tokens": state.tokens_seen,
+        "fvu": float(output.fvu.detach()),
+        "auxk_loss": float(output.auxk_loss.detach()),
+        "multi_topk_fvu": float(output.multi_topk_fvu.detach()),
+        "l0": float((output.top_acts > 0).sum(-1).float().mean()),
+        "dead_fraction": float((state.tokens_since_fired >= dead_tokens).float().mean()),
+        "lr": lr,
+        "tokens_per_s": (state.tokens_seen - tokens_at_start) / elapsed,
+    }
+
+
+# --- checkpoints -----------------------------------------------------------------------------
+
+
+def save_checkpoint(
+    out: Path, sae: SparseAutoencoder, optimizer: torch.optim.Optimizer, state: TrainState
+) -> None:
+    """Write the checkpoint folder atomically: a killed save leaves the previous one intact."""
+    tmp = out / f".{CHECKPOINT}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    sae.save(tmp)
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "state": state.__dict__,
+            "rng": torch.get_rng_state(),
+        },
+        tmp / "state.pt",
+    )
+    final = out / CHECKPOINT
+    old = out / f".{CHECKPOINT}.old"
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(
+    folder: Path, cfg: TrainConfig
+) -> tuple[SparseAutoencoder, torch.optim.Optimizer, TrainState]:
+    from sae.formats import load_ours
+
+    sae = load_ours(folder, device=cfg.device)
+    saved = torch.load(folder / "state.pt", weights_only=False)
+    optimizer = torch.optim.Adam(sae.parameters(), lr=1.0, betas=(0.9, 0.999), eps=6.25e-10)
+    optimizer.load_state_dict(saved["optimizer"])
+    torch.set_rng_state(saved["rng"])
+    return sae, optimizer, TrainState(**saved["state"])

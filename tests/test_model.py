@@ -1,0 +1,170 @@
+"""The TopK SAE: initialisation, the decoder constraint, AuxK, and its own file format."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import sae
+from sae.config import SaeConfig
+from sae.errors import AtlasError
+from sae.model import SparseAutoencoder, geometric_median, unit_norm_check
+
+
+def make_sae(n: int = 48, d: int = 12, k: int = 4, **kw: object) -> SparseAutoencoder:
+    return SparseAutoencoder(SaeConfig(d_in=d, n_latents=n, k=k, **kw))  # type: ignore[arg-type]
+
+
+def sample(n: int = 512, d: int = 12, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g) * 30 + 5  # raw activations: big norm, offset
+
+
+def test_init_is_tied_with_unit_decoder_rows() -> None:
+    model = make_sae()
+    model.init_from_data(sample())
+    assert unit_norm_check(model) < 1e-6
+    ratio = model.W_enc / model.W_dec  # W_enc is W_dec scaled by one constant
+    torch.testing.assert_close(ratio, torch.full_like(ratio, float(ratio[0, 0])))
+    assert float(model.b_enc.abs().max()) == 0.0
+
+
+def test_init_scales_inputs_to_unit_norm_and_reconstruction_to_norm_one() -> None:
+    model = make_sae()
+    x = sample()
+    model.init_from_data(x)
+    normalised, _ = model.normalize(x)
+    assert float(normalised.norm(dim=-1).mean()) == pytest.approx(1.0, rel=1e-5)
+    probe = torch.nn.functional.normalize(torch.randn(256, 12), dim=-1)
+    acts, idx = model._encode_normalised(probe + model.b_pre, model.cfg.k)
+    recon = sae.kernels.sparse_decode(acts, idx, model.W_dec)
+    assert float(recon.norm(dim=-1).mean()) == pytest.approx(1.0, rel=0.15)
+
+
+def test_geometric_median_ignores_outliers() -> None:
+    points = torch.cat([torch.randn(200, 3) * 0.01, torch.full((40, 3), 1000.0)])
+    assert float(geometric_median(points).norm()) < 0.1  # the mean would be near 170
+    assert float(points.mean(0).norm()) > 100
+
+
+def test_exact_dictionary_reconstructs_exactly() -> None:
+    model = make_sae(n=6, d=6, k=6, normalize="none")
+    with torch.no_grad():
+        model.W_enc.copy_(torch.eye(6))
+        model.W_dec.copy_(torch.eye(6))
+    x = torch.rand(10, 6) + 0.1  # positive, so the ReLU keeps every coordinate
+    out = model(x)
+    torch.testing.assert_close(out.sae_out, x)
+    assert float(out.fvu) < 1e-12
+    torch.testing.assert_close(model.decode(*model.encode(x)), x)
+
+
+def test_forward_matches_encode_then_decode() -> None:
+    model = make_sae()
+    x = sample(64)
+    model.init_from_data(x)
+    out = model(x)
+    acts, idx = model.encode(x)
+    torch.testing.assert_close(out.sae_out, model.decode(acts, idx))
+    assert acts.shape == idx.shape == (64, 4)
+
+
+def test_layer_norm_inputs_are_restored_on_decode() -> None:
+    model = make_sae(n=12, d=12, k=12, normalize="layer_norm")
+    with torch.no_grad():
+        model.W_enc.copy_(torch.cat([torch.eye(12)]))
+        model.W_dec.copy_(torch.eye(12))
+        model.b_pre.fill_(-1.0)  # makes every shifted coordinate positive
+    x = sample(8)
+    out = model(x)
+    torch.testing.assert_close(out.sae_out, x, rtol=1e-4, atol=1e-3)
+
+
+def test_gradient_parallel_to_decoder_rows_is_removed() -> None:
+    model = make_sae()
+    model.init_from_data(sample())
+    model(sample(32)).fvu.backward()
+    model.remove_gradient_parallel_to_decoder_directions()
+    assert model.W_dec.grad is not None
+    parallel = (model.W_dec.grad * model.W_dec).sum(-1)
+    assert float(parallel.abs().max()) < 1e-7
+
+
+def test_auxk_trains_only_dead_latents_and_vanishes_without_them() -> None:
+    model = make_sae()
+    x = sample(64)
+    model.init_from_data(x)
+    assert float(model(x).auxk_loss) == 0.0
+    dead = torch.zeros(48, dtype=torch.bool)
+    dead[:20] = True
+    out = model(x, dead_mask=dead)
+    assert float(out.auxk_loss) > 0
+    model.zero_grad()
+    out.auxk_loss.backward()
+    assert model.W_enc.grad is not None
+    assert float(model.W_enc.grad[20:].abs().max()) == 0.0
+    assert float(model.W_enc.grad[:20].abs().max()) > 0.0
+
+
+def test_multi_topk_adds_a_4k_loss_no_worse_than_k() -> None:
+    model = make_sae(multi_topk=True)
+    x = sample(64)
+    model.init_from_data(x)
+    out = model(x)
+    assert float(out.multi_topk_fvu) > 0
+
+
+# --- our format ------------------------------------------------------------------------------
+
+
+def trained_like(tmp_path: Path) -> tuple[SparseAutoencoder, Path]:
+    model = make_sae(model="m", layer=3, corpus="c")
+    model.init_from_data(sample())
+    with torch.no_grad():
+        model.b_enc.uniform_(-0.1, 0.1)
+    folder = tmp_path / "sae"
+    model.save(folder)
+    return model, folder
+
+
+def test_save_and_load_round_trip_exactly(tmp_path: Path) -> None:
+    model, folder = trained_like(tmp_path)
+    loaded = sae.load(str(folder))
+    assert loaded.cfg == model.cfg
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(getattr(loaded, name), param, rtol=0, atol=0)
+    x = sample(16)
+    torch.testing.assert_close(loaded.encode(x).top_acts, model.encode(x).top_acts)
+
+
+def test_corrupt_files_name_the_file_and_field(tmp_path: Path) -> None:
+    _, folder = trained_like(tmp_path)
+    weights = folder / "sae.safetensors"
+    tensors = load_file(str(weights))
+
+    tensors["W_dec"][0, 0] = float("nan")
+    save_file(tensors, str(weights))
+    with pytest.raises(AtlasError, match=r"sae.safetensors: tensor 'W_dec' contains NaN"):
+        sae.load(str(folder))
+
+    tensors["W_dec"] = torch.zeros(5, 12)
+    save_file(tensors, str(weights))
+    with pytest.raises(AtlasError, match=r"'W_dec' has shape \(5, 12\), expected \(48, 12\)"):
+        sae.load(str(folder))
+
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(AtlasError, match=r"sae.safetensors: unreadable or truncated"):
+        sae.load(str(folder))
+
+    cfg = json.loads((folder / "cfg.json").read_text())
+    del cfg["k"]
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(AtlasError, match=r"cfg.json: missing field\(s\) k"):
+        sae.load(str(folder))
+
+    with pytest.raises(AtlasError, match=r"no such file or folder"):
+        sae.load(str(tmp_path / "nowhere"))

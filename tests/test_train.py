@@ -1,0 +1,152 @@
+"""`sae train`: it learns, resumes exactly, and two processes match one."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import sae
+from sae.cache import ActivationCache
+from sae.data import ShuffledTokens
+from sae.errors import AtlasError
+from sae.model import unit_norm_check
+from sae.train import TrainConfig, train
+
+
+def small_run(tiny_cache: Path, out: Path, **kw: Any) -> TrainConfig:
+    settings: dict[str, Any] = dict(
+        acts=str(tiny_cache),
+        out=str(out),
+        latents=64,
+        k=4,
+        batch_size=128,
+        tokens=128 * 24,
+        lr=3e-3,
+        warmup_steps=2,
+        checkpoint_every=5,
+        dead_tokens=256,
+        shuffle_tokens=300,
+        progress=False,
+    )
+    settings.update(kw)
+    return TrainConfig(**settings)
+
+
+def test_batches_cover_every_token_once_per_epoch(tiny_cache: Path) -> None:
+    cache = ActivationCache(tiny_cache)
+    data = ShuffledTokens(cache, batch_size=64, shuffle_tokens=300, seed=1)
+    everything = torch.cat([acts.flatten(0, 1) for _, acts in cache.shards()])
+    n_batches = data.tokens_per_epoch // 64
+    stream = torch.cat([b for _, b in zip(range(n_batches), data.batches(), strict=False)])
+    assert data.tokens_per_epoch == len(everything) == n_batches * 64
+    # One epoch is a permutation of the cache: every token exactly once.
+    assert Counter(map(tuple, stream.tolist())) == Counter(map(tuple, everything.tolist()))
+    # Mixed across contexts: neighbours in a batch rarely come from the same shard order.
+    assert not torch.equal(stream[:64], everything[:64])
+
+
+def test_batches_resume_at_any_batch_boundary(tiny_cache: Path) -> None:
+    data = ShuffledTokens(ActivationCache(tiny_cache), batch_size=64, shuffle_tokens=300, seed=2)
+    straight = [b for _, b in zip(range(60), data.batches(), strict=False)]  # > 1 epoch
+    for start in (0, 7, 31, 45):
+        resumed = [b for _, b in zip(range(5), data.batches(start_token=start * 64), strict=False)]
+        for a, b in zip(resumed, straight[start : start + 5], strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_training_reduces_nmse_and_keeps_decoder_rows_unit(
+    tmp_path: Path, tiny_cache: Path
+) -> None:
+    model = train(small_run(tiny_cache, tmp_path / "run", tokens=128 * 150))
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert [r["step"] for r in records] == list(range(1, 151))
+    first, last = records[0]["fvu"], np.median([r["fvu"] for r in records[-5:]])
+    assert last < 0.5 * first
+    assert all(r["l0"] <= 4 for r in records)
+    assert unit_norm_check(model) < 1e-5
+    loaded = sae.load(str(tmp_path / "run"))
+    torch.testing.assert_close(loaded.W_dec, model.W_dec)
+    assert loaded.cfg.layer == 2 and loaded.cfg.n_tokens == 128 * 150
+
+
+def test_killed_run_resumes_to_the_same_weights(
+    tmp_path: Path, tiny_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    whole = train(small_run(tiny_cache, tmp_path / "whole"))
+    import sae.train as train_module
+
+    real_step = train_module._step
+    calls = {"n": 0}
+
+    def step_then_die(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 13:  # after the checkpoint at step 10
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_step", step_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(small_run(tiny_cache, tmp_path / "resumed"))
+    monkeypatch.setattr(train_module, "_step", real_step)
+    with pytest.raises(AtlasError, match="not empty; pass --resume"):
+        train(small_run(tiny_cache, tmp_path / "resumed"))
+    resumed = train(small_run(tiny_cache, tmp_path / "resumed", resume=True))
+    steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").open()]
+    assert steps[-1] == 24
+    for name, param in whole.named_parameters():
+        torch.testing.assert_close(getattr(resumed, name), param, rtol=0, atol=0)
+
+
+def test_two_processes_train_like_one(tmp_path: Path, tiny_cache: Path) -> None:
+    args = [
+        "train",
+        f"--acts={tiny_cache}",
+        "--latents=64",
+        "--k=4",
+        "--batch-size=128",
+        f"--tokens={128 * 12}",
+        "--lr=3e-3",
+        "--warmup-steps=2",
+        "--dead-tokens=256",
+        "--shuffle-tokens=300",
+        "--no-progress",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run(
+        [sys.executable, "-m", "sae.cli", *args, f"--out={tmp_path / 'one'}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node=2",
+            "--standalone",
+            "-m",
+            "sae.cli",
+            *args,
+            f"--out={tmp_path / 'two'}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert two.returncode == 0, two.stderr
+    a, b = sae.load(str(tmp_path / "one")), sae.load(str(tmp_path / "two"))
+    for name, param in a.named_parameters():
+        torch.testing.assert_close(getattr(b, name), param, rtol=1e-3, atol=1e-5)
