@@ -5,12 +5,14 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TOKENS ?= 200000
+TRAIN_TOKENS ?= 1000000
+LATENTS ?= 4608
 RUN ?= runs/demo
 
-.PHONY: help setup system demo test lint typecheck pytest bench clean
+.PHONY: help setup system demo test lint typecheck pytest bench check-peers clean
 
 help:
-	@echo "make demo   harvest activations of the default model on the default corpus"
+	@echo "make demo   harvest activations of the default model, train an SAE on them, evaluate it"
 	@echo "make test   install everything, then lint, type-check and run the test suite"
 	@echo "make bench  run the benchmarks in bench/ (ratios side by side)"
 
@@ -35,9 +37,13 @@ system:
 setup: system $(VENV)/.installed
 	$(BIN)/sae fetch --model default --corpus pydocs
 
+# Each step is idempotent: a rerun finds the complete cache and the finished run and goes on.
 demo: setup
 	$(BIN)/sae harvest --model default --layer 15 --corpus pydocs --tokens $(TOKENS) \
 		--context-length 64 --out $(RUN)/acts
+	$(BIN)/sae train --acts $(RUN)/acts --latents $(LATENTS) --k 32 --tokens $(TRAIN_TOKENS) \
+		--out $(RUN)/sae --resume
+	$(BIN)/sae eval --sae $(RUN)/sae --acts $(RUN)/acts
 
 lint: setup
 	$(BIN)/ruff check .
@@ -53,6 +59,13 @@ test: lint typecheck pytest
 
 bench: setup
 	$(BIN)/python bench/harvest.py
+	$(BIN)/python bench/train.py
+
+# SAEs written by sae-lens's and sparsify's own code load here with the same encoding, and
+# sae-lens loads our export (the peers live in their own venv, .venv-peers).
+check-peers: setup
+	bash bench/peers/setup.sh
+	.venv-peers/bin/python bench/peers/check_formats.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .venv-peers runs .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -7,7 +7,8 @@ A cache is a folder:
     shards/acts-00000.safetensors ...
                              "activations" (C, T-1, d): the residual stream at positions 1..T-1
                              (position 0, the attention sink, is never stored) of C consecutive
-                             contexts; metadata: first_context, n_contexts, norm_sum, n_tokens
+                             contexts; "norms" (C, T-1) their L2 norms in fp32;
+                             metadata: first_context, n_contexts, norm_sum, n_tokens
 
 Every file is written to a temporary name and renamed, so a killed harvest never leaves a file
 that looks complete but is not; a rerun recomputes exactly the shards that are missing.
@@ -108,7 +109,9 @@ def write_shard(
         "norm_sum": repr(norm_sum),
         "n_tokens": str(n_tokens),
     }
-    save_file({"activations": activations.contiguous()}, str(tmp), metadata=metadata)
+    norms = activations.float().norm(dim=-1)  # (C, T-1)
+    tensors = {"activations": activations.contiguous(), "norms": norms}
+    save_file(tensors, str(tmp), metadata=metadata)
     with open(tmp, "rb") as handle:
         os.fsync(handle.fileno())
     os.replace(tmp, path)
@@ -195,6 +198,28 @@ class ActivationCache:
                 return first, handle.get_tensor("activations")
         except (SafetensorError, OSError, KeyError, ValueError) as exc:
             raise AtlasError(f"{path}: missing or corrupt activation shard ({exc})") from None
+
+    def shard_norms(self, index: int) -> torch.Tensor:
+        """L2 norms (C, T-1) of one shard's activations, without reading them if stored."""
+        path = shard_path(self.root, index)
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                names = list(handle.keys())  # a safetensors handle is not a dict
+                if "norms" in names:
+                    return handle.get_tensor("norms")
+                return handle.get_tensor("activations").float().norm(dim=-1)
+        except (SafetensorError, OSError) as exc:
+            raise AtlasError(f"{path}: missing or corrupt activation shard ({exc})") from None
+
+    def norms(self) -> torch.Tensor:
+        """L2 norms (N, T-1) of every cached activation."""
+        return torch.cat([self.shard_norms(i) for i in range(self.n_shards)])
+
+    def median_norm(self) -> float:
+        """Median activation norm (from the manifest when recorded)."""
+        if "median_norm" in self.manifest:
+            return float(self.manifest["median_norm"])
+        return float(self.norms().median())
 
     def shards(self) -> Iterator[tuple[int, torch.Tensor]]:
         for index in range(self.n_shards):

@@ -48,6 +48,16 @@ def run_eval(args: argparse.Namespace) -> None:
         print(f"{name:28} {value:.4f}" if isinstance(value, float) else f"{name:28} {value}")
 
 
+def run_convert(args: argparse.Namespace) -> None:
+    from sae.formats import convert
+
+    model = convert(args.src, args.out, from_format=args.from_format, to_format=args.to_format)
+    print(
+        f"wrote {args.to_format} SAE to {args.out} (d={model.cfg.d_in}, "
+        f"n={model.cfg.n_latents}, k={model.cfg.k}, normalize={model.cfg.normalize})"
+    )
+
+
 @contextlib.contextmanager
 def distributed() -> Iterator[None]:
     """Join the torchrun process group when launched by torchrun (gloo on CPU, NCCL on GPU)."""
@@ -115,6 +125,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_config_arguments(eval_parser, EvalConfig)
     eval_parser.set_defaults(handler=run_eval)
+
+    convert_parser = commands.add_parser(
+        "convert", help="read an SAE from SAELens, sparsify or OpenAI files; write ours or SAELens"
+    )
+    convert_parser.add_argument("src", help="SAE folder or file to read")
+    convert_parser.add_argument("--out", required=True, help="folder to write")
+    convert_parser.add_argument(
+        "--from",
+        dest="from_format",
+        choices=["ours", "saelens", "sparsify", "openai"],
+        default=None,
+        help="format of SRC (default: detected)",
+    )
+    convert_parser.add_argument(
+        "--to",
+        dest="to_format",
+        choices=["ours", "saelens"],
+        default="ours",
+        help="format to write (default: ours)",
+    )
+    convert_parser.set_defaults(handler=run_convert)
 
     fetch_parser = commands.add_parser(
         "fetch", help="convert the default model and fetch a corpus into the cache, once"

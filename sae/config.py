@@ -20,8 +20,9 @@ class SaeConfig:
         default="scale",
         metadata={
             "help": "input normalisation: 'scale' multiplies every input by one constant so "
-            "that inputs have unit mean norm; 'layer_norm' centres and unit-normalises each "
-            "token (OpenAI releases); 'none' leaves inputs as they are"
+            "that inputs have unit mean norm; 'layer_norm' centres each token and divides it by "
+            "its standard deviation (+1e-5), as OpenAI's releases do; 'none' leaves inputs as "
+            "they are"
         },
     )
     input_scale: float = field(
@@ -35,6 +36,14 @@ class SaeConfig:
     dead_tokens: int = field(
         default=10_000_000, metadata={"help": "a latent is dead after this many tokens unfired"}
     )
+    max_norm_ratio: float = field(
+        default=0.0,
+        metadata={
+            "help": "training left out tokens whose norm exceeds this multiple of the "
+            "median (attention sinks); 0 means none were left out"
+        },
+    )
+    median_norm: float = field(default=0.0, metadata={"help": "median input norm in training"})
     # Provenance: what the SAE was trained on.
     model: str = ""
     layer: int | None = None

@@ -19,6 +19,17 @@ from torch import Tensor
 from sae.cache import ActivationCache
 
 
+def valid_norms(cache: ActivationCache, max_norm_ratio: float) -> np.ndarray:
+    """(N, T-1) True where a token's norm is at most `max_norm_ratio` times the median.
+
+    Besides position 0, a few tokens act as attention sinks with norms ~100x the median. Left
+    in, they dominate the batch variance (and so the normalised MSE) while saying nothing about
+    the features we want; so, like position 0, they are left out.
+    """
+    norms = cache.norms()  # (N, T-1)
+    return (norms <= max_norm_ratio * float(norms.median())).numpy()
+
+
 @dataclass(frozen=True)
 class Group:
     """Shards pooled and shuffled together."""
@@ -37,12 +48,15 @@ class ShuffledTokens:
         batch_size: int,
         shuffle_tokens: int = 1 << 18,
         seed: int = 0,
+        max_norm_ratio: float = 0.0,
     ) -> None:
         self.cache = cache
         self.batch_size = batch_size
         self.shuffle_tokens = shuffle_tokens
         self.seed = seed
         self._valid = self._valid_positions()  # (N, T-1) bool
+        if max_norm_ratio > 0:
+            self._valid &= valid_norms(cache, max_norm_ratio)
         self._shard_tokens = self._tokens_per_shard()
         self.tokens_per_epoch = int(sum(self._shard_tokens))
 

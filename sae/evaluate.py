@@ -6,11 +6,13 @@ Metrics on held-out contexts (contexts of the same corpus that are not in the ca
 - L0: mean number of active latents per token; dead fraction: latents that never fired;
 - downstream (the paper's §4.1): the model's next-token loss when the layer's output is replaced
   by the SAE's reconstruction, next to the loss with the layer zero- and mean-ablated.
-Position 0 (the attention sink) is never replaced: the SAE was not trained on it.
+Attention sinks — position 0, and tokens whose norm is far above the median (the SAE's
+`max_norm_ratio`) — are never replaced and not scored: the SAE was not trained on them.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -98,15 +100,26 @@ def mean_activation(cache: ActivationCache) -> Tensor:
     return (total / max(count, 1)).float()
 
 
-def _splice(values: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-    """Replace positions 1.. of a block's output (B, T, d); keep the attention sink."""
+def _splice(values: Callable[[Tensor], Tensor], limit: float) -> Callable[[Tensor], Tensor]:
+    """Replace a block's output (B, T, d) by `values` except at attention sinks.
+
+    Sinks are position 0 and any token whose norm exceeds `limit`: the SAE was not trained on
+    them, so every variant (SAE, zero, mean) keeps them as the model computed them.
+    """
 
     def replace(hidden: Tensor) -> Tensor:
-        out = hidden.clone()
-        out[:, 1:] = values(hidden[:, 1:]).to(hidden.dtype)
-        return out
+        sink = hidden.norm(dim=-1) > limit  # (B, T)
+        sink[:, 0] = True
+        return torch.where(sink[..., None], hidden, values(hidden).to(hidden.dtype))
 
     return replace
+
+
+def sink_limit(model: SparseAutoencoder) -> float:
+    """Norm above which a token counts as an attention sink for this SAE (inf: none)."""
+    if model.cfg.max_norm_ratio > 0 and model.cfg.median_norm > 0:
+        return model.cfg.max_norm_ratio * model.cfg.median_norm
+    return math.inf
 
 
 @torch.no_grad()
@@ -120,42 +133,43 @@ def evaluate(
 ) -> EvalResult:
     """All metrics on the given held-out contexts (N, T)."""
     layer, mean = cache.layer, mean_activation(cache).to(lm.device)
-    sums = {"sq_err": 0.0, "l0": 0.0, "clean": 0.0, "sae": 0.0, "zero": 0.0, "mean": 0.0}
-    xs, errs = [], []
+    limit = sink_limit(model)
+    losses = {"clean": 0.0, "sae": 0.0, "zero": 0.0, "mean": 0.0}
+    variants: dict[str, Callable[[Tensor], Tensor]] = {
+        "sae": lambda h: model(h.flatten(0, 1).float()).sae_out.view_as(h),
+        "zero": torch.zeros_like,
+        "mean": lambda h: mean.expand_as(h),
+    }
+    xs, errs, l0 = [], [], 0.0
     fired = torch.zeros(model.cfg.n_latents, dtype=torch.bool)
     for batch in token_ids.split(batch_size):
         x = residual_stream(lm, batch, layer)[:, 1:].float()  # (b, T-1, d)
-        out = model(x.flatten(0, 1).to(model.device))
-        xs.append(x.flatten(0, 1).cpu())
-        errs.append((x.flatten(0, 1) - out.sae_out.to(x.device)).cpu())
-        sums["l0"] += float((out.top_acts > 0).sum())
+        x = x[x.norm(dim=-1) <= limit]  # (m, d) sinks left out, as in training
+        out = model(x.to(model.device))
+        xs.append(x.cpu())
+        errs.append((x - out.sae_out.to(x.device)).cpu())
+        l0 += float((out.top_acts > 0).sum())
         fired[out.top_indices[out.top_acts > 0].cpu()] = True
-        weight = len(batch)
-        reconstruct = _splice(lambda h: model(h.flatten(0, 1).float()).sae_out.view_as(h))
-        sums["clean"] += weight * float(next_token_loss(lm, batch))
-        sums["sae"] += weight * float(next_token_loss(lm, batch, layer=layer, replace=reconstruct))
-        sums["zero"] += weight * float(
-            next_token_loss(lm, batch, layer=layer, replace=_splice(torch.zeros_like))
-        )
-        sums["mean"] += weight * float(
-            next_token_loss(lm, batch, layer=layer, replace=_splice(lambda h: mean.expand_as(h)))
-        )
+        losses["clean"] += len(batch) * float(next_token_loss(lm, batch))
+        for name, values in variants.items():
+            loss = next_token_loss(lm, batch, layer=layer, replace=_splice(values, limit))
+            losses[name] += len(batch) * float(loss)
     x_all, err_all = torch.cat(xs), torch.cat(errs)  # (N, d)
     n_tokens, n_contexts = len(x_all), len(token_ids)
     variance = (x_all - x_all.mean(0)).pow(2).sum(-1).mean()
-    losses = {key: sums[key] / n_contexts for key in ("clean", "sae", "zero", "mean")}
+    mean_loss = {key: value / n_contexts for key, value in losses.items()}
     return EvalResult(
         nmse=float(err_all.pow(2).sum(-1).mean() / variance),
         explained_variance=float(1 - err_all.var(0).sum() / x_all.var(0).sum()),
-        l0=sums["l0"] / n_tokens,
+        l0=l0 / max(n_tokens, 1),
         dead_fraction=float((~fired).float().mean()),
-        loss_clean=losses["clean"],
-        loss_sae=losses["sae"],
-        loss_zero_ablation=losses["zero"],
-        loss_mean_ablation=losses["mean"],
-        delta_loss=losses["sae"] - losses["clean"],
-        delta_loss_zero_ablation=losses["zero"] - losses["clean"],
-        delta_loss_mean_ablation=losses["mean"] - losses["clean"],
+        loss_clean=mean_loss["clean"],
+        loss_sae=mean_loss["sae"],
+        loss_zero_ablation=mean_loss["zero"],
+        loss_mean_ablation=mean_loss["mean"],
+        delta_loss=mean_loss["sae"] - mean_loss["clean"],
+        delta_loss_zero_ablation=mean_loss["zero"] - mean_loss["clean"],
+        delta_loss_mean_ablation=mean_loss["mean"] - mean_loss["clean"],
         n_tokens=n_tokens,
         n_contexts=n_contexts,
     )

@@ -305,11 +305,17 @@ def _finish(out: Path, manifest: dict[str, Any], *, seconds: float) -> dict[str,
         cache.read_shard_info(cache.shard_path(out, i), i) for i in range(int(manifest["n_shards"]))
     ]
     n_valid = sum(info.n_tokens for info in infos)
+    norms = cache.ActivationCache(out, allow_incomplete=True).norms()  # (N, T-1)
+    median = float(norms.median())
     manifest = {
         **manifest,
         "complete": True,
         "n_valid_tokens": n_valid,
         "mean_norm": sum(info.norm_sum for info in infos) / max(n_valid, 1),
+        "median_norm": median,
+        # Besides position 0, a few tokens (often right after a newline at position 1) act as
+        # attention sinks too: norms ~100x the median. Training leaves them out by default.
+        "n_tokens_above_10x_median_norm": int((norms > 10 * median).sum()),
         "harvest_seconds_last_run": round(seconds, 2),
     }
     cache.write_json(out / cache.MANIFEST, manifest)

@@ -284,19 +284,70 @@ class TopKEncode(torch.autograd.Function):
         ctx: Any, grad_acts: Tensor, _grad_idx: Tensor | None
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
         x, W_enc, acts, idx = ctx.saved_tensors
-        ops: SparseOps = ctx.ops
-        n = W_enc.shape[0]
-        g = (grad_acts * (acts > 0)).contiguous()  # (B, k) the ReLU passes gradient where > 0
-        dx = dW_enc = db_enc = None
-        if ctx.needs_input_grad[0]:
-            dx = ops.gather_sum(idx, g, W_enc).to(x.dtype)  # (B, d)
-        if ctx.needs_input_grad[1]:
-            dW_enc = ops.scatter_sum(idx, g, x, n).to(W_enc.dtype)  # (n, d)
-        if ctx.needs_input_grad[2]:
-            db_enc = torch.zeros(n, dtype=torch.float32, device=g.device)  # (n,)
-            db_enc.index_add_(0, idx.flatten(), g.flatten().float())
-            db_enc = db_enc.to(acts.dtype)
+        dx, dW_enc, db_enc = _encoder_grads(ctx, x, W_enc, acts, idx, grad_acts)
         return dx, dW_enc, db_enc, None, None
+
+
+class TopKEncodeAux(torch.autograd.Function):
+    """TopKEncode that also picks the top `k_aux` pre-activations among dead latents.
+
+    The AuxK loss (paper §2.4) needs the dead latents' pre-activations; they are already in the
+    (B, n) GEMM output, so selecting them there costs a masked top-k instead of a second GEMM.
+    The backward merges both selections into one (B, k + k_aux) sparse gradient.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        W_enc: Tensor,
+        b_enc: Tensor,
+        k: int,
+        dead_mask: Tensor,
+        k_aux: int,
+        ops: SparseOps,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        pre = torch.addmm(b_enc, x, W_enc.T)  # (B, n)
+        vals, idx = pre.topk(k, dim=-1, sorted=False)  # (B, k)
+        acts = vals.relu_()
+        pre.masked_fill_(~dead_mask, -torch.inf)  # (B, n) only dead latents compete
+        aux_vals, aux_idx = pre.topk(k_aux, dim=-1, sorted=False)  # (B, k_aux)
+        aux_acts = aux_vals.relu_()  # (B, k_aux); callers keep k_aux <= dead count
+        ctx.save_for_backward(x, W_enc, acts, idx, aux_acts, aux_idx)
+        ctx.ops = ops
+        ctx.mark_non_differentiable(idx, aux_idx)
+        return acts, idx, aux_acts, aux_idx
+
+    @staticmethod
+    @once_differentiable
+    def backward(
+        ctx: Any, grad_acts: Tensor, _gi: Tensor | None, grad_aux: Tensor, _ga: Tensor | None
+    ) -> tuple[Tensor | None, ...]:
+        x, W_enc, acts, idx, aux_acts, aux_idx = ctx.saved_tensors
+        both_idx = torch.cat([idx, aux_idx], dim=1)  # (B, k + k_aux)
+        both_acts = torch.cat([acts, aux_acts], dim=1)
+        both_grad = torch.cat([grad_acts, grad_aux], dim=1)
+        dx, dW_enc, db_enc = _encoder_grads(ctx, x, W_enc, both_acts, both_idx, both_grad)
+        return dx, dW_enc, db_enc, None, None, None, None
+
+
+def _encoder_grads(
+    ctx: Any, x: Tensor, W_enc: Tensor, acts: Tensor, idx: Tensor, grad_acts: Tensor
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """dx, dW_enc, db_enc through the selected latents only (those with acts > 0)."""
+    ops: SparseOps = ctx.ops
+    n = W_enc.shape[0]
+    g = (grad_acts * (acts > 0)).contiguous()  # (B, k) the ReLU passes gradient where > 0
+    dx = dW_enc = db_enc = None
+    if ctx.needs_input_grad[0]:
+        dx = ops.gather_sum(idx, g, W_enc).to(x.dtype)  # (B, d)
+    if ctx.needs_input_grad[1]:
+        dW_enc = ops.scatter_sum(idx, g, x, n).to(W_enc.dtype)  # (n, d)
+    if ctx.needs_input_grad[2]:
+        db_enc = torch.zeros(n, dtype=torch.float32, device=g.device)  # (n,)
+        db_enc.index_add_(0, idx.flatten(), g.flatten().float())
+        db_enc = db_enc.to(acts.dtype)
+    return dx, dW_enc, db_enc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,6 +404,34 @@ def sparse_decode(top_acts: Tensor, top_indices: Tensor, W_dec: Tensor) -> Tenso
     if _use_triton(W_dec):
         return sparse_decode_triton(top_acts, top_indices, W_dec)
     return sparse_decode_reference(top_acts, top_indices, W_dec)
+
+
+def topk_encode_with_aux(
+    x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, *, dead_mask: Tensor, k_aux: int
+) -> tuple[EncoderOutput, EncoderOutput]:
+    """The TopK encoding of (B, d) rows, and the top `k_aux` dead latents' activations.
+
+    `dead_mask` (n,) must mark at least `k_aux` latents. One GEMM serves both selections.
+    """
+    ops = TRITON_OPS if _use_triton(W_enc) else REFERENCE_OPS
+    return topk_encode_with_aux_ops(x, W_enc, b_enc, k, dead_mask=dead_mask, k_aux=k_aux, ops=ops)
+
+
+def topk_encode_with_aux_ops(
+    x: Tensor,
+    W_enc: Tensor,
+    b_enc: Tensor,
+    k: int,
+    *,
+    dead_mask: Tensor,
+    k_aux: int,
+    ops: SparseOps,
+) -> tuple[EncoderOutput, EncoderOutput]:
+    """`topk_encode_with_aux` with an explicit flavour (the parity tests use both)."""
+    acts, idx, aux_acts, aux_idx = TopKEncodeAux.apply(
+        x, W_enc, b_enc, k, dead_mask.to(x.device), k_aux, ops
+    )
+    return EncoderOutput(acts, idx), EncoderOutput(aux_acts, aux_idx)
 
 
 def topk_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int) -> EncoderOutput:

@@ -19,10 +19,11 @@ from torch import Tensor, nn
 
 import sae as sae_package
 from sae.config import SaeConfig
-from sae.kernels import EncoderOutput, sparse_decode, topk_encode
+from sae.kernels import EncoderOutput, sparse_decode, topk_encode, topk_encode_with_aux
 
 WEIGHTS = "sae.safetensors"
 CONFIG = "cfg.json"
+LAYER_NORM_EPS = 1e-5  # as in OpenAI's released TopK autoencoders
 
 
 class ForwardOutput(NamedTuple):
@@ -103,10 +104,12 @@ class SparseAutoencoder(nn.Module):
         if self.cfg.normalize == "scale":
             return x * self.cfg.input_scale, None
         if self.cfg.normalize == "layer_norm":
+            # OpenAI's LN (sparse_autoencoder/model.py), also SAELens's "layer_norm": unbiased
+            # std, eps added on the way in only; decode multiplies by the std alone.
             mu = x.mean(dim=-1, keepdim=True)  # (..., 1)
             centred = x - mu
-            std = centred.norm(dim=-1, keepdim=True).clamp_min(1e-6)  # (..., 1) unit norm
-            return centred / std, (mu, std)
+            std = centred.std(dim=-1, keepdim=True)  # (..., 1)
+            return centred / (std + LAYER_NORM_EPS), (mu, std)
         return x, None
 
     def denormalize(self, x: Tensor, stats: tuple[Tensor, Tensor] | None) -> Tensor:
@@ -142,12 +145,25 @@ class SparseAutoencoder(nn.Module):
         `fvu_denominator` is MSE(mean(x), x) measured once on a sample (per batch if None).
         """
         xn, stats = self.normalize(x.to(self.W_enc.dtype))  # (B, d)
-        acts, idx = self._encode_normalised(xn, self.cfg.k)  # (B, k)
+        n_dead = int(dead_mask.sum()) if dead_mask is not None else 0
+        aux: EncoderOutput | None = None
+        if n_dead > 0:
+            assert dead_mask is not None
+            (acts, idx), aux = topk_encode_with_aux(
+                xn - self.b_pre,
+                self.W_enc,
+                self.b_enc,
+                self.cfg.k,
+                dead_mask=dead_mask,
+                k_aux=min(self.cfg.k_aux, n_dead),
+            )  # (B, k), (B, k_aux)
+        else:
+            acts, idx = self._encode_normalised(xn, self.cfg.k)  # (B, k)
         recon = sparse_decode(acts, idx, self.W_dec) + self.b_pre  # (B, d)
         denominator = fvu_denominator if fvu_denominator is not None else _variance(xn)
         residual = xn - recon  # (B, d)
         fvu = residual.pow(2).sum(-1).mean() / denominator
-        auxk = self._auxk_loss(xn, residual.detach(), dead_mask)
+        auxk = self._auxk_loss(residual.detach(), aux)
         multi = torch.zeros((), device=x.device)
         if self.cfg.multi_topk:
             acts4, idx4 = self._encode_normalised(xn, min(4 * self.cfg.k, self.cfg.n_latents))
@@ -158,16 +174,11 @@ class SparseAutoencoder(nn.Module):
     def _encode_normalised(self, xn: Tensor, k: int) -> EncoderOutput:
         return topk_encode(xn - self.b_pre, self.W_enc, self.b_enc, k)
 
-    def _auxk_loss(self, xn: Tensor, residual: Tensor, dead_mask: Tensor | None) -> Tensor:
-        """Reconstruct the residual with the top k_aux dead latents (paper §2.4)."""
-        zero = torch.zeros((), device=xn.device)
-        if dead_mask is None or not bool(dead_mask.any()):
-            return zero
-        dead = dead_mask.nonzero().squeeze(1)  # (m,)
-        k_aux = min(self.cfg.k_aux, len(dead))
-        pre = torch.addmm(self.b_enc[dead], xn - self.b_pre, self.W_enc[dead].T)  # (B, m)
-        vals, pos = pre.topk(k_aux, dim=-1, sorted=False)  # (B, k_aux)
-        estimate = sparse_decode(vals.relu(), dead[pos], self.W_dec)  # (B, d)
+    def _auxk_loss(self, residual: Tensor, aux: EncoderOutput | None) -> Tensor:
+        """How well the top k_aux dead latents reconstruct the residual (paper §2.4)."""
+        if aux is None:
+            return torch.zeros((), device=residual.device)
+        estimate = sparse_decode(aux.top_acts, aux.top_indices, self.W_dec)  # (B, d)
         loss = (estimate - residual).pow(2).sum(-1).mean() / _variance(residual)
         return torch.nan_to_num(loss, nan=0.0)  # a zero residual gives 0/0
 

@@ -61,6 +61,13 @@ class TrainConfig:
     )
     multi_topk: bool = field(default=False, metadata={"help": "add L(4k)/8 to the loss"})
     normalize: Normalize = field(default="scale", metadata={"help": "input normalisation"})
+    max_norm_ratio: float = field(
+        default=10.0,
+        metadata={
+            "help": "leave out tokens whose norm exceeds this multiple of the median "
+            "(attention sinks besides position 0); 0 keeps every token"
+        },
+    )
     shuffle_tokens: int = field(default=1 << 18, metadata={"help": "tokens shuffled together"})
     seed: int = field(default=0, metadata={"help": "seed of initialisation and data order"})
     checkpoint_every: int = field(default=200, metadata={"help": "steps between checkpoints"})
@@ -102,7 +109,11 @@ def train(cfg: TrainConfig) -> SparseAutoencoder:
         raise ValueError(f"batch_size {cfg.batch_size} must divide by the {world} processes")
     cache = ActivationCache(cfg.acts)
     data = ShuffledTokens(
-        cache, batch_size=cfg.batch_size, shuffle_tokens=cfg.shuffle_tokens, seed=cfg.seed
+        cache,
+        batch_size=cfg.batch_size,
+        shuffle_tokens=cfg.shuffle_tokens,
+        seed=cfg.seed,
+        max_norm_ratio=cfg.max_norm_ratio,
     )
     total_tokens = cfg.tokens or data.tokens_per_epoch
     n_steps = max(total_tokens // cfg.batch_size, 1)
@@ -189,6 +200,8 @@ def _setup(
         corpus=str(cache.manifest.get("corpus", "")),
         n_tokens=n_steps * cfg.batch_size,
         library_version=sae_package.__version__,
+        max_norm_ratio=cfg.max_norm_ratio,
+        median_norm=cache.median_norm(),
     )
     torch.manual_seed(cfg.seed)
     sae = SparseAutoencoder(sae_cfg, device=cfg.device)

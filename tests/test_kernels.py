@@ -243,6 +243,53 @@ def test_topk_encode_reference_matches_dense_autograd(B: int, n: int, d: int, k:
         _close(g, w, name)
 
 
+def _dense_encode_with_aux(
+    x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, dead: Tensor, k_aux: int
+) -> tuple[Tensor, ...]:
+    """Both selections through ordinary dense autograd: the reference for TopKEncodeAux."""
+    pre = torch.addmm(b_enc, x, W_enc.T)  # (B, n)
+    vals, idx = pre.topk(k, dim=-1, sorted=False)  # (B, k)
+    masked = pre.masked_fill(~dead, -torch.inf)  # (B, n)
+    aux_vals, aux_idx = masked.topk(k_aux, dim=-1, sorted=False)  # (B, k_aux)
+    return vals.relu(), idx, aux_vals.relu(), aux_idx
+
+
+@pytest.mark.parametrize(
+    "flavour", ["reference", pytest.param("triton", marks=skip_without_triton)]
+)
+@pytest.mark.parametrize(("B", "n", "d", "k"), SHAPES[1:5], ids=SHAPE_IDS[1:5])
+def test_topk_encode_with_aux_matches_dense_autograd(
+    flavour: str, B: int, n: int, d: int, k: int, request: pytest.FixtureRequest
+) -> None:
+    if flavour == "triton":
+        request.getfixturevalue("triton_can_run")
+    x, W_enc, b_enc = _encoder_inputs(B, n, d, seed=3 * B + n + d + k)
+    dead = torch.zeros(n, dtype=torch.bool, device=DEVICE)
+    dead[torch.randperm(n, generator=torch.Generator().manual_seed(1))[: max(n // 2, 1)]] = True
+    dead[-1] = True  # a dead latent that may also be in the ordinary top k
+    k_aux = min(4, int(dead.sum()))
+    gen = torch.Generator().manual_seed(k)
+    grad_acts, grad_aux = _randn(B, k, gen=gen), _randn(B, k_aux, gen=gen)
+    ops = kernels.TRITON_OPS if flavour == "triton" else kernels.REFERENCE_OPS
+
+    results = []
+    for encode in ("sparse", "dense"):
+        xs, Ws, bs = _leaf(x), _leaf(W_enc), _leaf(b_enc)
+        if encode == "sparse":
+            main, aux = kernels.topk_encode_with_aux_ops(
+                xs, Ws, bs, k, dead_mask=dead, k_aux=k_aux, ops=ops
+            )
+            acts, idx, aux_acts, aux_idx = (*main, *aux)
+        else:
+            acts, idx, aux_acts, aux_idx = _dense_encode_with_aux(xs, Ws, bs, k, dead, k_aux)
+        assert bool(dead[aux_idx].all())  # the auxiliary selection only picks dead latents
+        ((acts * grad_acts).sum() + (aux_acts * grad_aux).sum()).backward()
+        results.append((acts, idx, aux_acts, aux_idx, _grad(xs), _grad(Ws), _grad(bs)))
+    names = ("top_acts", "top_indices", "aux_acts", "aux_indices", "dx", "dW_enc", "db_enc")
+    for name, got, want in zip(names, *results, strict=True):
+        _close(got.detach(), want.detach(), name)
+
+
 def test_public_functions_keep_leading_dims() -> None:
     """(..., d) in, (..., k) codes and (..., d) reconstruction out, via the chosen flavour."""
     x, W_enc, b_enc = _encoder_inputs(6, 20, 16, seed=3)

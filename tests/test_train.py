@@ -150,3 +150,29 @@ def test_two_processes_train_like_one(tmp_path: Path, tiny_cache: Path) -> None:
     a, b = sae.load(str(tmp_path / "one")), sae.load(str(tmp_path / "two"))
     for name, param in a.named_parameters():
         torch.testing.assert_close(getattr(b, name), param, rtol=1e-3, atol=1e-5)
+
+
+def test_attention_sink_tokens_are_left_out_of_training(tmp_path: Path, tiny_cache: Path) -> None:
+    import shutil
+
+    from sae import cache as cache_module
+
+    planted = tmp_path / "acts"
+    shutil.copytree(tiny_cache, planted)
+    first, acts = ActivationCache(planted).shard(0)
+    acts = acts.clone()
+    acts[0, 0] *= 500  # two sink-like tokens: norms far above the median
+    acts[3, 5] *= 500
+    cache_module.write_shard(planted, 0, acts, first_context=first, norm_sum=0.0, n_tokens=0)
+    cache = ActivationCache(planted)
+    keep_all = ShuffledTokens(cache, batch_size=64)
+    filtered = ShuffledTokens(cache, batch_size=64, max_norm_ratio=10.0)
+    assert filtered.tokens_per_epoch == keep_all.tokens_per_epoch - 2
+    limit = 10.0 * float(cache.norms().median())
+    batches = [
+        b for _, b in zip(range(filtered.tokens_per_epoch // 64), filtered.batches(), strict=False)
+    ]
+    assert float(torch.cat(batches).float().norm(dim=-1).max()) <= limit
+    model = train(small_run(planted, tmp_path / "sae", max_norm_ratio=10.0))
+    assert model.cfg.max_norm_ratio == 10.0
+    assert model.cfg.median_norm == pytest.approx(float(cache.norms().median()))
