@@ -38,8 +38,9 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    cfg = SaeConfig(d_in=args.d, n_latents=args.latents, k=args.k, k_aux=args.d // 2,
-                    normalize="none")
+    cfg = SaeConfig(
+        d_in=args.d, n_latents=args.latents, k=args.k, k_aux=args.d // 2, normalize="none"
+    )
     model = SparseAutoencoder(cfg)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=6.25e-10)
     x = torch.randn(args.batch, args.d)  # (B, d)
@@ -60,8 +61,16 @@ def main() -> None:
         for _ in range(args.steps):
             step()
         rates.append(args.steps * args.batch / (time.perf_counter() - started))
-    print(json.dumps({"library": "latent-atlas", "latents": args.latents, "auxk": args.auxk,
-                      "tokens_per_s": rates}))
+    print(
+        json.dumps(
+            {
+                "library": "latent-atlas",
+                "latents": args.latents,
+                "auxk": args.auxk,
+                "tokens_per_s": rates,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -310,8 +310,9 @@ class TopKEncodeAux(torch.autograd.Function):
         pre = torch.addmm(b_enc, x, W_enc.T)  # (B, n)
         vals, idx = pre.topk(k, dim=-1, sorted=False)  # (B, k)
         acts = vals.relu_()
-        pre.masked_fill_(~dead_mask, -torch.inf)  # (B, n) only dead latents compete
-        aux_vals, aux_idx = pre.topk(k_aux, dim=-1, sorted=False)  # (B, k_aux)
+        dead = dead_mask.nonzero().squeeze(1)  # (m,) only dead latents compete
+        aux_vals, pos = pre.index_select(1, dead).topk(k_aux, dim=-1, sorted=False)  # (B, k_aux)
+        aux_idx = dead[pos]  # (B, k_aux)
         aux_acts = aux_vals.relu_()  # (B, k_aux); callers keep k_aux <= dead count
         ctx.save_for_backward(x, W_enc, acts, idx, aux_acts, aux_idx)
         ctx.ops = ops
@@ -329,6 +330,44 @@ class TopKEncodeAux(torch.autograd.Function):
         both_grad = torch.cat([grad_acts, grad_aux], dim=1)
         dx, dW_enc, db_enc = _encoder_grads(ctx, x, W_enc, both_acts, both_idx, both_grad)
         return dx, dW_enc, db_enc, None, None, None, None
+
+
+class TopKEncodeDeadPre(torch.autograd.Function):
+    """TopKEncode that also returns the dead latents' pre-activations (B, m), densely.
+
+    When the dead latents are few (m within a small multiple of k_aux), AuxK is cheapest as
+    dense GEMMs on that (B, m) slice rather than as gathers: this Function hands the slice to
+    ordinary autograd and folds its gradient back into W_enc and b_enc with one more GEMM.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, dead: Tensor, ops: SparseOps
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        pre = torch.addmm(b_enc, x, W_enc.T)  # (B, n)
+        vals, idx = pre.topk(k, dim=-1, sorted=False)  # (B, k)
+        acts = vals.relu_()
+        pre_dead = pre.index_select(1, dead)  # (B, m)
+        ctx.save_for_backward(x, W_enc, acts, idx, dead)
+        ctx.ops = ops
+        ctx.mark_non_differentiable(idx)
+        return acts, idx, pre_dead
+
+    @staticmethod
+    @once_differentiable
+    def backward(
+        ctx: Any, grad_acts: Tensor, _gi: Tensor | None, grad_pre_dead: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        x, W_enc, acts, idx, dead = ctx.saved_tensors
+        dx, dW_enc, db_enc = _encoder_grads(ctx, x, W_enc, acts, idx, grad_acts)
+        g = grad_pre_dead.to(x.dtype)  # (B, m)
+        if dx is not None:
+            dx = dx + g @ W_enc.index_select(0, dead)  # (B, d)
+        if dW_enc is not None:
+            dW_enc = dW_enc.index_add(0, dead, (g.T @ x).to(dW_enc.dtype))  # (n, d)
+        if db_enc is not None:
+            db_enc = db_enc.index_add(0, dead, g.sum(0).to(db_enc.dtype))  # (n,)
+        return dx, dW_enc, db_enc, None, None, None
 
 
 def _encoder_grads(
@@ -432,6 +471,15 @@ def topk_encode_with_aux_ops(
         x, W_enc, b_enc, k, dead_mask.to(x.device), k_aux, ops
     )
     return EncoderOutput(acts, idx), EncoderOutput(aux_acts, aux_idx)
+
+
+def topk_encode_dead_pre(
+    x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, *, dead: Tensor
+) -> tuple[EncoderOutput, Tensor]:
+    """The TopK encoding of (B, d) rows and the pre-activations (B, m) of latents `dead` (m,)."""
+    ops = TRITON_OPS if _use_triton(W_enc) else REFERENCE_OPS
+    acts, idx, pre_dead = TopKEncodeDeadPre.apply(x, W_enc, b_enc, k, dead.to(x.device), ops)
+    return EncoderOutput(acts, idx), pre_dead
 
 
 def topk_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int) -> EncoderOutput:

@@ -19,7 +19,13 @@ from torch import Tensor, nn
 
 import sae as sae_package
 from sae.config import SaeConfig
-from sae.kernels import EncoderOutput, sparse_decode, topk_encode, topk_encode_with_aux
+from sae.kernels import (
+    EncoderOutput,
+    sparse_decode,
+    topk_encode,
+    topk_encode_dead_pre,
+    topk_encode_with_aux,
+)
 
 WEIGHTS = "sae.safetensors"
 CONFIG = "cfg.json"
@@ -41,6 +47,17 @@ class ForwardOutput(NamedTuple):
     """AuxK loss on the residual, from dead latents only; 0 without dead latents (scalar)."""
     multi_topk_fvu: Tensor
     """Normalised MSE with 4k latents when `multi_topk` is on, else 0 (scalar)."""
+
+
+class AuxSelection(NamedTuple):
+    """The dead latents chosen for AuxK: sparse (k_aux per row) or dense over the dead slice."""
+
+    sparse: EncoderOutput | None = None
+    """Activations and ids of the top k_aux dead latents, (B, k_aux) each."""
+    dense_codes: Tensor | None = None
+    """The same activations laid out densely over the dead latents, (B, m)."""
+    dead: Tensor | None = None
+    """Ids of the dead latents, (m,), the columns of `dense_codes`."""
 
 
 class SparseAutoencoder(nn.Module):
@@ -146,17 +163,10 @@ class SparseAutoencoder(nn.Module):
         """
         xn, stats = self.normalize(x.to(self.W_enc.dtype))  # (B, d)
         n_dead = int(dead_mask.sum()) if dead_mask is not None else 0
-        aux: EncoderOutput | None = None
+        aux: AuxSelection | None = None
         if n_dead > 0:
             assert dead_mask is not None
-            (acts, idx), aux = topk_encode_with_aux(
-                xn - self.b_pre,
-                self.W_enc,
-                self.b_enc,
-                self.cfg.k,
-                dead_mask=dead_mask,
-                k_aux=min(self.cfg.k_aux, n_dead),
-            )  # (B, k), (B, k_aux)
+            (acts, idx), aux = self._encode_with_aux(xn, dead_mask, n_dead)  # (B, k)
         else:
             acts, idx = self._encode_normalised(xn, self.cfg.k)  # (B, k)
         recon = sparse_decode(acts, idx, self.W_dec) + self.b_pre  # (B, d)
@@ -172,13 +182,47 @@ class SparseAutoencoder(nn.Module):
         return ForwardOutput(self.denormalize(recon, stats), acts, idx, fvu, auxk, multi)
 
     def _encode_normalised(self, xn: Tensor, k: int) -> EncoderOutput:
-        return topk_encode(xn - self.b_pre, self.W_enc, self.b_enc, k)
+        return topk_encode(xn, self.W_enc, self._folded_bias(), k)
 
-    def _auxk_loss(self, residual: Tensor, aux: EncoderOutput | None) -> Tensor:
+    def _folded_bias(self) -> Tensor:
+        """b_enc - W_enc b_pre, so that W_enc (x - b_pre) + b_enc = W_enc x + this (n,).
+
+        Folding b_pre into the bias keeps the data out of autograd: b_pre's gradient comes
+        through this matrix-vector product instead of a dense (B, d) gradient of the input.
+        """
+        return self.b_enc - self.W_enc @ self.b_pre
+
+    def _encode_with_aux(
+        self, xn: Tensor, dead_mask: Tensor, n_dead: int, *, dense: bool | None = None
+    ) -> tuple[EncoderOutput, AuxSelection]:
+        """Encode, and pick the top k_aux dead latents of every row for the AuxK loss.
+
+        With few dead latents (n_dead <= 4 k_aux) the auxiliary reconstruction is cheapest as
+        dense GEMMs on the (B, n_dead) slice; with many, as sparse gathers of k_aux rows.
+        """
+        k_aux = min(self.cfg.k_aux, n_dead)
+        if dense if dense is not None else n_dead <= 4 * k_aux:
+            dead = dead_mask.nonzero().squeeze(1)  # (m,)
+            main, pre_dead = topk_encode_dead_pre(
+                xn, self.W_enc, self._folded_bias(), self.cfg.k, dead=dead
+            )  # (B, k), (B, m)
+            vals, pos = pre_dead.topk(k_aux, dim=-1, sorted=False)  # (B, k_aux)
+            codes = torch.zeros_like(pre_dead).scatter(1, pos, vals.relu())  # (B, m)
+            return main, AuxSelection(dense_codes=codes, dead=dead)
+        main, sparse = topk_encode_with_aux(
+            xn, self.W_enc, self._folded_bias(), self.cfg.k, dead_mask=dead_mask, k_aux=k_aux
+        )  # (B, k), (B, k_aux)
+        return main, AuxSelection(sparse=sparse)
+
+    def _auxk_loss(self, residual: Tensor, aux: AuxSelection | None) -> Tensor:
         """How well the top k_aux dead latents reconstruct the residual (paper §2.4)."""
         if aux is None:
             return torch.zeros((), device=residual.device)
-        estimate = sparse_decode(aux.top_acts, aux.top_indices, self.W_dec)  # (B, d)
+        if aux.sparse is not None:
+            estimate = sparse_decode(aux.sparse.top_acts, aux.sparse.top_indices, self.W_dec)
+        else:
+            assert aux.dense_codes is not None and aux.dead is not None
+            estimate = aux.dense_codes @ self.W_dec[aux.dead]  # (B, m) @ (m, d)
         loss = (estimate - residual).pow(2).sum(-1).mean() / _variance(residual)
         return torch.nan_to_num(loss, nan=0.0)  # a zero residual gives 0/0
 

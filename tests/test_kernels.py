@@ -380,3 +380,33 @@ def test_unknown_kernel_name_is_an_error() -> None:
     result = _import_with("cuda-please")
     assert result.returncode != 0
     assert "LATENT_ATLAS_KERNEL" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "flavour", ["reference", pytest.param("triton", marks=skip_without_triton)]
+)
+@pytest.mark.parametrize(("B", "n", "d", "k"), SHAPES[1:5], ids=SHAPE_IDS[1:5])
+def test_topk_encode_dead_pre_matches_dense_autograd(
+    flavour: str, B: int, n: int, d: int, k: int, request: pytest.FixtureRequest
+) -> None:
+    if flavour == "triton":
+        request.getfixturevalue("triton_can_run")
+    x, W_enc, b_enc = _encoder_inputs(B, n, d, seed=5 * B + n + d + k)
+    dead = torch.randperm(n, generator=torch.Generator().manual_seed(2))[: max(n // 3, 1)]
+    gen = torch.Generator().manual_seed(k)
+    grad_acts, grad_pre = _randn(B, k, gen=gen), _randn(B, len(dead), gen=gen)
+    ops = kernels.TRITON_OPS if flavour == "triton" else kernels.REFERENCE_OPS
+
+    results = []
+    for encode in ("sparse", "dense"):
+        xs, Ws, bs = _leaf(x), _leaf(W_enc), _leaf(b_enc)
+        if encode == "sparse":
+            acts, idx, pre_dead = kernels.TopKEncodeDeadPre.apply(xs, Ws, bs, k, dead, ops)
+        else:
+            acts, idx = _dense_topk_encode(xs, Ws, bs, k)
+            pre_dead = torch.addmm(bs, xs, Ws.T)[:, dead]
+        ((acts * grad_acts).sum() + (pre_dead * grad_pre).sum()).backward()
+        results.append((acts, idx, pre_dead, _grad(xs), _grad(Ws), _grad(bs)))
+    names = ("top_acts", "top_indices", "pre_dead", "dx", "dW_enc", "db_enc")
+    for name, got, want in zip(names, *results, strict=True):
+        _close(got.detach(), want.detach(), name)

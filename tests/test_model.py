@@ -168,3 +168,46 @@ def test_corrupt_files_name_the_file_and_field(tmp_path: Path) -> None:
 
     with pytest.raises(AtlasError, match=r"no such file or folder"):
         sae.load(str(tmp_path / "nowhere"))
+
+
+@pytest.mark.parametrize("n_dead", [3, 20, 47])
+def test_dense_and_sparse_auxk_give_the_same_loss_and_gradients(n_dead: int) -> None:
+    x = sample(64)
+    results = []
+    for dense in (True, False):
+        model = make_sae(k_aux=6)
+        model.init_from_data(x)
+        dead = torch.zeros(48, dtype=torch.bool)
+        dead[torch.randperm(48, generator=torch.Generator().manual_seed(n_dead))[:n_dead]] = True
+        xn, _ = model.normalize(x)
+        (acts, idx), aux = model._encode_with_aux(xn, dead, n_dead, dense=dense)
+        recon = sae.kernels.sparse_decode(acts, idx, model.W_dec) + model.b_pre
+        loss = model._auxk_loss((xn - recon).detach(), aux)
+        (loss + (acts**2).sum()).backward()  # the main path's gradient flows through too
+        grads = [p.grad.clone() for p in (model.W_enc, model.b_enc, model.W_dec)]
+        results.append((loss.detach(), *grads))
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert float(results[0][0]) > 0
+
+
+def test_forward_takes_the_dense_auxk_path_only_with_few_dead_latents(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = make_sae(k_aux=4)
+    x = sample(32)
+    model.init_from_data(x)
+    chosen = []
+    real = model._encode_with_aux
+
+    def spy(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        main, aux = real(*args, **kwargs)  # type: ignore[arg-type]
+        chosen.append(aux.dense_codes is not None)
+        return main, aux
+
+    monkeypatch.setattr(model, "_encode_with_aux", spy)
+    for n_dead in (10, 30):  # 10 <= 4 * 4: dense; 30 > 16: sparse
+        dead = torch.zeros(48, dtype=torch.bool)
+        dead[:n_dead] = True
+        model(x, dead_mask=dead)
+    assert chosen == [True, False]
