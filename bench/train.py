@@ -48,7 +48,7 @@ def run_step(library: str, latents: int, auxk: str, steps: int) -> list[float]:
     else:
         command = [
             str(PEERS_PYTHON),
-            str(ROOT / "bench" / "peers" / "train_step.py"),
+            str(ROOT / "bench" / "peers" / "peer_train_step.py"),
             f"--library={library}",
             *flags,
         ]

@@ -18,6 +18,7 @@ import torch
 
 from sae.config import SaeConfig
 from sae.model import SparseAutoencoder
+from sae.train import make_optimizer
 
 
 def dead_mask(n: int, fraction: float, seed: int = 0) -> torch.Tensor:
@@ -42,7 +43,7 @@ def main() -> None:
         d_in=args.d, n_latents=args.latents, k=args.k, k_aux=args.d // 2, normalize="none"
     )
     model = SparseAutoencoder(cfg)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=6.25e-10)
+    optimizer = make_optimizer(model, 1e-4)
     x = torch.randn(args.batch, args.d)  # (B, d)
     mask = dead_mask(args.latents, args.dead_fraction) if args.auxk == "on" else None
 
