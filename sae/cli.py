@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import sae
 from sae.cli_args import add_config_arguments, config_from_arguments
@@ -34,6 +35,22 @@ def run_train(args: argparse.Namespace) -> None:
             f"SAE: {cfg.out} (n={model.cfg.n_latents}, k={model.cfg.k}, "
             f"{model.cfg.n_tokens} tokens)"
         )
+        print(training_summary(Path(cfg.out) / "metrics.jsonl"))
+
+
+def training_summary(metrics: Path) -> str:
+    """The last step's numbers, with nmse averaged over the last 20 steps (less noisy)."""
+    lines = metrics.read_text().splitlines()[-20:] if metrics.is_file() else []
+    if not lines:
+        return "no training steps recorded"
+    records = [json.loads(line) for line in lines]
+    last = records[-1]
+    nmse = sum(r["fvu"] for r in records) / len(records)
+    return (
+        f"step {last['step']}: nmse {nmse:.4f} (mean of the last {len(records)} steps), "
+        f"L0 {last['l0']:.1f}, dead {last['dead_fraction']:.2%}, "
+        f"{last['tokens_per_s']:.0f} tok/s"
+    )
 
 
 def run_eval(args: argparse.Namespace) -> None:

@@ -1,0 +1,153 @@
+"""Shared pieces of the SAE readers: file checks, config fields, hook names."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal, NamedTuple, get_args
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+from torch import Tensor
+
+from sae.config import SaeConfig
+from sae.errors import AtlasError
+from sae.model import SparseAutoencoder
+
+Format = Literal["ours", "saelens", "sparsify", "openai"]
+FORMATS: tuple[str, ...] = get_args(Format)
+ExportFormat = Literal["ours", "saelens"]
+
+SAELENS_WEIGHTS = "sae_weights.safetensors"
+SAELENS_SCALER = "activation_scaler.json"  # a SAELens training checkpoint's input scale
+# SAELens reads a cfg.json whose metadata carries no version >= 6.0 as a pre-6.0 flat config
+# and drops the nested metadata, so an export states the layout it follows.
+SAELENS_LAYOUT_VERSION = "6.0.0"
+OPENAI_SUFFIXES = (".pt", ".pth")
+OPENAI_STATS = ("stats_last_nonzero", "latents_activation_frequency", "latents_mean_square")
+
+
+class Weights(NamedTuple):
+    """An SAE's parameters in our orientation, float64 while folding."""
+
+    W_enc: Tensor
+    """(n, d)"""
+    b_enc: Tensor
+    """(n,)"""
+    W_dec: Tensor
+    """(n, d)"""
+    b_pre: Tensor
+    """(d,)"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared checks
+# ---------------------------------------------------------------------------------------------
+
+
+def read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise AtlasError(f"{path}: unreadable JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise AtlasError(f"{path}: expected a JSON object")
+    return value
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise AtlasError(f"{path}: unreadable or truncated safetensors file ({exc})") from None
+
+
+def tensor_names(path: Path) -> set[str]:
+    """The tensor names in a safetensors file, read from its header only."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return set(f.keys())
+    except (SafetensorError, OSError) as exc:
+        raise AtlasError(f"{path}: unreadable or truncated safetensors file ({exc})") from None
+
+
+def check_tensor(
+    path: Path, name: str, tensor: torch.Tensor | None, shape: tuple[int, ...]
+) -> torch.Tensor:
+    """The tensor `name` exists, has `shape` and holds only finite values."""
+    if tensor is None:
+        raise AtlasError(f"{path}: missing tensor {name!r}")
+    if not isinstance(tensor, torch.Tensor):
+        raise AtlasError(f"{path}: {name!r} is a {type(tensor).__name__}, not a tensor")
+    if tuple(tensor.shape) != shape:
+        raise AtlasError(
+            f"{path}: tensor {name!r} has shape {tuple(tensor.shape)}, expected {shape}"
+        )
+    if not torch.isfinite(tensor).all():
+        raise AtlasError(f"{path}: tensor {name!r} contains NaN or Inf")
+    return tensor
+
+
+def check_no_extra(path: Path, tensors: dict[str, Any], known: set[str]) -> None:
+    extra = sorted(set(tensors) - known)
+    if extra:
+        raise AtlasError(f"{path}: unexpected tensor(s) {', '.join(extra)}")
+
+
+def int_field(values: dict[str, Any], name: str, path: Path) -> int:
+    """A required positive integer field (booleans are not integers here)."""
+    if name not in values or values[name] is None:
+        raise AtlasError(f"{path}: missing field {name!r}")
+    value = values[name]
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise AtlasError(f"{path}: field {name!r} must be a positive integer, got {value!r}")
+    return value
+
+
+def bool_field(values: dict[str, Any], name: str, path: Path, *, default: bool) -> bool:
+    value = values.get(name, default)
+    if not isinstance(value, bool):
+        raise AtlasError(f"{path}: field {name!r} must be true or false, got {value!r}")
+    return value
+
+
+def build(cfg: SaeConfig, weights: Weights, *, device: str | torch.device) -> SparseAutoencoder:
+    """Our module holding `weights` (already checked and folded)."""
+    try:
+        sae = SparseAutoencoder(cfg, device=device)
+    except ValueError as exc:
+        raise AtlasError(str(exc)) from None
+    with torch.no_grad():
+        for name, value in weights._asdict().items():
+            getattr(sae, name).copy_(value)
+    return sae
+
+
+def make_config(path: Path, **fields: Any) -> SaeConfig:
+    """SaeConfig(**fields), its ValueError turned into an AtlasError naming `path`."""
+    try:
+        return SaeConfig(**fields)
+    except ValueError as exc:
+        raise AtlasError(f"{path}: {exc}") from None
+
+
+_RESID_POST = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
+_RESID_PRE = re.compile(r"^blocks\.(\d+)\.hook_resid_pre$")
+_BLOCK_OUTPUT = re.compile(r"^(?:[\w.]+\.)?(?:layers|h)\.(\d+)$")
+
+
+def layer_of_hook(hook: str) -> int | None:
+    """Our layer (the residual stream after block L) for a hook name, or None if not one.
+
+    TransformerLens `blocks.L.hook_resid_post` and a module path ending in `layers.L` or `h.L`
+    (sparsify's hookpoints) are the output of block L; `blocks.L.hook_resid_pre` is the output
+    of block L-1. Any other hook (MLP or attention outputs, ...) is not a residual layer.
+    """
+    for pattern, offset in ((_RESID_POST, 0), (_BLOCK_OUTPUT, 0), (_RESID_PRE, -1)):
+        match = pattern.match(hook)
+        if match:
+            layer = int(match.group(1)) + offset
+            return layer if layer >= 0 else None
+    return None
