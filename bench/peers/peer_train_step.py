@@ -1,6 +1,6 @@
 """Time one training step of a peer library's TopK SAE; runs inside .venv-peers.
 
-    .venv-peers/bin/python bench/peers/peer_train_step.py --library sparsify --latents 4608 --auxk on
+    .venv-peers/bin/python bench/peers/peer_train_step.py --library sparsify --auxk on
 
 Prints one JSON line like bench/train_step.py, so bench/train.py can put them side by side.
 Each library's step is what its own trainer does every batch:
