@@ -624,3 +624,47 @@ def test_unknown_and_missing_paths_say_what_was_found(tmp_path: Path) -> None:
 )
 def test_layer_of_hook(hook: str, layer: int | None) -> None:
     assert layer_of_hook(hook) == layer
+
+
+def test_convert_command_exports_saelens_and_reads_it_back(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sae.cli import main
+
+    model = SparseAutoencoder(SaeConfig(d_in=D, n_latents=N, k=K, layer=3, model="m"))
+    model.init_from_data(torch.randn(256, D) * 7)
+    model.save(tmp_path / "ours")
+    assert (
+        main(
+            [
+                "convert",
+                str(tmp_path / "ours"),
+                "--to",
+                "saelens",
+                "--out",
+                str(tmp_path / "exported"),
+            ]
+        )
+        == 0
+    )
+    assert "wrote saelens SAE" in capsys.readouterr().out
+    assert (
+        main(
+            [
+                "convert",
+                "--from",
+                "saelens",
+                str(tmp_path / "exported"),
+                "--out",
+                str(tmp_path / "back"),
+            ]
+        )
+        == 0
+    )
+    back = load(tmp_path / "back")
+    x = torch.randn(32, D) * 7
+    torch.testing.assert_close(
+        back.decode(*back.encode(x)), model.decode(*model.encode(x)), rtol=1e-4, atol=1e-4
+    )
+    assert main(["convert", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
