@@ -5,24 +5,14 @@ Its `serve` subcommand is not part of this release yet; see the README's roadmap
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 
-import sae
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="atlas", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"latent-atlas {sae.__version__}")
-    return parser
+from sae.cli_args import help_only_main
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    parser.parse_args(argv)
-    parser.print_help()
-    return 0
+    return help_only_main("atlas", __doc__ or "", argv)
 
 
 if __name__ == "__main__":
