@@ -88,6 +88,9 @@ def distributed() -> Iterator[None]:
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     try:
         yield
+        # Leave together: a rank that tears the group down while another still saves or
+        # communicates makes gloo abort ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
