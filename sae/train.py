@@ -321,6 +321,15 @@ def load_checkpoint(
     from sae.formats import load_ours
 
     sae = load_ours(folder, device=cfg.device)
+    for name, ours, theirs in (
+        ("latents", cfg.latents, sae.cfg.n_latents),
+        ("k", cfg.k, sae.cfg.k),
+    ):
+        if ours != theirs:
+            raise AtlasError(
+                f"--resume: the checkpoint in {folder} has {name} {theirs}, "
+                f"not {ours}; resume with the same settings or use a new --out"
+            )
     saved = torch.load(folder / "state.pt", weights_only=False)
     optimizer = make_optimizer(sae, 1.0)
     optimizer.load_state_dict(saved["optimizer"])

@@ -99,6 +99,8 @@ def test_killed_run_resumes_to_the_same_weights(
     monkeypatch.setattr(train_module, "_step", real_step)
     with pytest.raises(AtlasError, match="not empty; pass --resume"):
         train(small_run(tiny_cache, tmp_path / "resumed"))
+    with pytest.raises(AtlasError, match="has latents 64, not 96"):
+        train(small_run(tiny_cache, tmp_path / "resumed", resume=True, latents=96))
     resumed = train(small_run(tiny_cache, tmp_path / "resumed", resume=True))
     steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").open()]
     assert steps[-1] == 24
