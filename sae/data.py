@@ -9,14 +9,17 @@ before t — without reading them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from sae.cache import ActivationCache
+from sae.errors import AtlasError
 
 
 def valid_norms(cache: ActivationCache, max_norm_ratio: float) -> np.ndarray:
@@ -59,6 +62,8 @@ class ShuffledTokens:
             self._valid &= valid_norms(cache, max_norm_ratio)
         self._shard_tokens = self._tokens_per_shard()
         self.tokens_per_epoch = int(sum(self._shard_tokens))
+        if self.tokens_per_epoch == 0:
+            raise AtlasError(f"{cache.root}: no activations left to train on after exclusions")
 
     def _valid_positions(self) -> np.ndarray:
         """Positions kept for training: all of 1..T-1 except excluded (special) tokens."""
@@ -100,17 +105,53 @@ class ShuffledTokens:
     def batches(self, *, start_token: int = 0) -> Iterator[Tensor]:
         """Endless (B, d) batches in storage dtype, beginning at global token `start_token`."""
         epoch, skip = divmod(start_token, self.tokens_per_epoch)
-        carry: Tensor | None = None
-        while True:
-            for index, group in enumerate(self.groups(epoch)):
-                if skip >= group.n_tokens:  # resuming: this whole group was consumed before
-                    skip -= group.n_tokens
-                    continue
-                tokens = self._group_tokens(group, epoch, index)[skip:]
-                skip = 0
-                if carry is not None:
-                    tokens = torch.cat([carry, tokens])
-                n_full = len(tokens) // self.batch_size * self.batch_size
-                yield from tokens[:n_full].split(self.batch_size)
-                carry = tokens[n_full:] if n_full < len(tokens) else None
-            epoch += 1
+
+        def sources(epoch: int) -> list[GroupSource]:
+            return [
+                GroupSource(group.n_tokens, partial(self._group_tokens, group, epoch, index))
+                for index, group in enumerate(self.groups(epoch))
+            ]
+
+        return batches_from_groups(
+            sources, batch_size=self.batch_size, start_token=skip, first_epoch=epoch
+        )
+
+
+class GroupSource(NamedTuple):
+    """One shuffled group of a token stream, loaded only when needed."""
+
+    n_tokens: int | None
+    """Tokens in the group, or None when unknown until it is loaded."""
+    load: Callable[[], Tensor]
+    """Its tokens (n, d), already shuffled."""
+
+
+def batches_from_groups(
+    sources: Callable[[int], Iterable[GroupSource]],
+    *,
+    batch_size: int,
+    start_token: int,
+    first_epoch: int = 0,
+) -> Iterator[Tensor]:
+    """Cut the concatenated groups of successive epochs into (B, d) batches.
+
+    Batch i is tokens [i*B, (i+1)*B) of the stream, so starting at token t = i*B gives exactly
+    the batches an uninterrupted run would have seen from batch i on. Groups whose size is
+    known are skipped without loading them.
+    """
+    skip, carry, epoch = start_token, None, first_epoch
+    while True:
+        for group in sources(epoch):
+            if group.n_tokens is not None and skip >= group.n_tokens:
+                skip -= group.n_tokens  # resuming: consumed before, not even loaded
+                continue
+            tokens = group.load()
+            if skip >= len(tokens):
+                skip -= len(tokens)
+                continue
+            tokens = tokens[skip:] if carry is None else torch.cat([carry, tokens[skip:]])
+            skip = 0
+            n_full = len(tokens) // batch_size * batch_size
+            yield from tokens[:n_full].split(batch_size)
+            carry = tokens[n_full:] if n_full < len(tokens) else None
+        epoch += 1

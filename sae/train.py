@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,18 @@ METRICS = "metrics.jsonl"
 class TrainConfig:
     """Settings of one training run. Field help texts become `sae train --help`."""
 
-    acts: str = field(metadata={"help": "activation cache written by `sae harvest`"})
     out: str = field(metadata={"help": "folder for the SAE, its checkpoints and metrics"})
+    acts: str = field(
+        default="",
+        metadata={
+            "help": "activation cache written by `sae harvest`; without one, activations "
+            "are computed on the fly from --model over --corpus (needs --tokens)"
+        },
+    )
+    model: str = field(default="default", metadata={"help": "model to stream from (no --acts)"})
+    corpus: str = field(default="pydocs", metadata={"help": "corpus to stream (no --acts)"})
+    layer: int = field(default=15, metadata={"help": "layer to stream (no --acts)"})
+    context_length: int = field(default=64, metadata={"help": "tokens per context (no --acts)"})
     latents: int = field(default=4608, metadata={"help": "number of latents n"})
     k: int = field(default=32, metadata={"help": "active latents per token"})
     batch_size: int = field(default=4096, metadata={"help": "tokens per step (global)"})
@@ -84,6 +95,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.k > self.latents:
             raise ValueError(f"k ({self.k}) must not exceed latents ({self.latents})")
+        if not self.acts and self.tokens <= 0:
+            raise ValueError("tokens must be given when training without --acts (streaming)")
 
 
 @dataclass
@@ -94,6 +107,74 @@ class TrainState:
     tokens_seen: int = 0
     fvu_denominator: float = 0.0
     tokens_since_fired: torch.Tensor | None = None  # (n,) int64, in tokens since last fired
+    data_state: dict[str, Any] = field(default_factory=dict)  # what a streamed source learned
+
+
+@dataclass
+class DataSource:
+    """Where training batches come from, and what the SAE should record about it."""
+
+    batches: Any  # ShuffledTokens | StreamedTokens: .batches(start_token=) -> Iterator[Tensor]
+    d_model: int
+    layer: int
+    median_norm: Callable[[], float]
+    provenance: dict[str, str]
+    tokens_per_epoch: int  # 0 when unknown (streaming)
+
+
+def open_data(cfg: TrainConfig) -> DataSource:
+    """The activation cache, or a stream from the model when there is none."""
+    if cfg.acts:
+        cache = ActivationCache(cfg.acts)
+        shuffled = ShuffledTokens(
+            cache,
+            batch_size=cfg.batch_size,
+            shuffle_tokens=cfg.shuffle_tokens,
+            seed=cfg.seed,
+            max_norm_ratio=cfg.max_norm_ratio,
+        )
+        manifest = cache.manifest
+        return DataSource(
+            shuffled,
+            cache.d_model,
+            cache.layer,
+            cache.median_norm,
+            {key: str(manifest.get(key, "")) for key in ("model", "hook", "corpus")},
+            shuffled.tokens_per_epoch,
+        )
+    from sae.contexts import build_contexts, contexts_needed
+    from sae.corpus import open_corpus
+    from sae.lm import check_layer, load_lm
+    from sae.stream import StreamedTokens
+
+    lm = load_lm(cfg.model, device=cfg.device)
+    check_layer(lm.model.config, cfg.layer, name=cfg.model)
+    contexts = build_contexts(
+        open_corpus(cfg.corpus).documents(),
+        lm.tokenizer,
+        context_length=cfg.context_length,
+        n_contexts=contexts_needed(cfg.tokens, cfg.context_length),
+        seed=cfg.seed,
+        corpus_name=cfg.corpus,
+    )
+    stream = StreamedTokens(
+        lm,
+        contexts.token_ids,
+        layer=cfg.layer,
+        batch_size=cfg.batch_size,
+        shuffle_tokens=cfg.shuffle_tokens,
+        seed=cfg.seed,
+        max_norm_ratio=cfg.max_norm_ratio,
+    )
+    hook = f"residual stream after block {cfg.layer} (hidden_states[{cfg.layer + 1}])"
+    return DataSource(
+        stream,
+        lm.d_model,
+        cfg.layer,
+        stream.median_norm,
+        {"model": cfg.model, "hook": hook, "corpus": cfg.corpus},
+        0,
+    )
 
 
 def _distributed() -> tuple[int, int]:
@@ -107,19 +188,14 @@ def train(cfg: TrainConfig) -> SparseAutoencoder:
     rank, world = _distributed()
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} must divide by the {world} processes")
-    cache = ActivationCache(cfg.acts)
-    data = ShuffledTokens(
-        cache,
-        batch_size=cfg.batch_size,
-        shuffle_tokens=cfg.shuffle_tokens,
-        seed=cfg.seed,
-        max_norm_ratio=cfg.max_norm_ratio,
-    )
+    data = open_data(cfg)
     total_tokens = cfg.tokens or data.tokens_per_epoch
     n_steps = max(total_tokens // cfg.batch_size, 1)
     out = Path(cfg.out)
-    sae, optimizer, state = _setup(cfg, cache, data, out=out, n_steps=n_steps, rank=rank)
-    batches = data.batches(start_token=state.tokens_seen)
+    sae, optimizer, state = _setup(cfg, data, out=out, n_steps=n_steps, rank=rank)
+    if hasattr(data.batches, "load_state"):
+        data.batches.load_state(state.data_state)
+    batches = data.batches.batches(start_token=state.tokens_seen)
     bar = tqdm(
         total=n_steps,
         initial=state.step,
@@ -154,6 +230,8 @@ def train(cfg: TrainConfig) -> SparseAutoencoder:
             )
             if rank == 0 and (state.step % cfg.checkpoint_every == 0 or state.step == n_steps):
                 metrics_file.flush()  # type: ignore[union-attr]
+                if hasattr(data.batches, "state"):
+                    state.data_state = data.batches.state()
                 save_checkpoint(out, sae, optimizer, state)
     finally:
         bar.close()
@@ -166,8 +244,7 @@ def train(cfg: TrainConfig) -> SparseAutoencoder:
 
 def _setup(
     cfg: TrainConfig,
-    cache: ActivationCache,
-    data: ShuffledTokens,
+    data: DataSource,
     *,
     out: Path,
     n_steps: int,
@@ -185,7 +262,7 @@ def _setup(
         )
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-    d = cache.d_model
+    d = data.d_model
     sae_cfg = SaeConfig(
         d_in=d,
         n_latents=cfg.latents,
@@ -194,19 +271,19 @@ def _setup(
         multi_topk=cfg.multi_topk,
         k_aux=cfg.k_aux or min(512, d // 2),
         dead_tokens=cfg.dead_tokens or min(10_000_000, max(n_steps * cfg.batch_size // 4, 1)),
-        model=str(cache.manifest.get("model", "")),
-        layer=cache.layer,
-        hook=str(cache.manifest.get("hook", "")),
-        corpus=str(cache.manifest.get("corpus", "")),
+        model=data.provenance["model"],
+        layer=data.layer,
+        hook=data.provenance["hook"],
+        corpus=data.provenance["corpus"],
         n_tokens=n_steps * cfg.batch_size,
         library_version=sae_package.__version__,
         max_norm_ratio=cfg.max_norm_ratio,
-        median_norm=cache.median_norm(),
+        median_norm=data.median_norm(),
     )
     torch.manual_seed(cfg.seed)
     sae = SparseAutoencoder(sae_cfg, device=cfg.device)
     sae.reset_parameters(seed=cfg.seed)
-    sample = next(data.batches(start_token=0)).float()  # (B, d): the same on every rank
+    sample = next(data.batches.batches(start_token=0)).float()  # (B, d): the same on all ranks
     sae.init_from_data(sample, seed=cfg.seed)
     normalised, _ = sae.normalize(sample.to(cfg.device))
     state = TrainState(

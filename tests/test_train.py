@@ -180,3 +180,62 @@ def test_attention_sink_tokens_are_left_out_of_training(tmp_path: Path, tiny_cac
     model = train(small_run(planted, tmp_path / "sae", max_norm_ratio=10.0))
     assert model.cfg.max_norm_ratio == 10.0
     assert model.cfg.median_norm == pytest.approx(float(cache.norms().median()))
+
+
+def stream_run(tiny_model_dir: Path, corpus: Path, out: Path, **kw: Any) -> TrainConfig:
+    settings: dict[str, Any] = dict(
+        out=str(out),
+        model=str(tiny_model_dir),
+        corpus=str(corpus),
+        layer=2,
+        context_length=17,
+        latents=64,
+        k=4,
+        batch_size=128,
+        tokens=128 * 16,
+        lr=3e-3,
+        warmup_steps=2,
+        checkpoint_every=5,
+        dead_tokens=256,
+        shuffle_tokens=300,
+        progress=False,
+    )
+    settings.update(kw)
+    return TrainConfig(**settings)
+
+
+def test_training_streams_from_the_model_without_a_cache(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.conftest import DOCUMENTS
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(" ".join(f"{doc} ({i})" for i, doc in enumerate(DOCUMENTS * 3)))
+    whole = train(stream_run(tiny_model_dir, corpus, tmp_path / "whole"))
+    assert whole.cfg.layer == 2 and whole.cfg.model == str(tiny_model_dir)
+    assert whole.cfg.median_norm > 0
+    records = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").open()]
+    assert len(records) == 16 and records[-1]["fvu"] < records[0]["fvu"]
+
+    import sae.train as train_module
+
+    real_step, calls = train_module._step, {"n": 0}
+
+    def step_then_die(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 12:  # after the checkpoint at step 10
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_step", step_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(stream_run(tiny_model_dir, corpus, tmp_path / "resumed"))
+    monkeypatch.setattr(train_module, "_step", real_step)
+    resumed = train(stream_run(tiny_model_dir, corpus, tmp_path / "resumed", resume=True))
+    for name, param in whole.named_parameters():
+        torch.testing.assert_close(getattr(resumed, name), param, rtol=0, atol=0)
+
+
+def test_streaming_needs_a_token_count(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="tokens must be given"):
+        TrainConfig(out=str(tmp_path / "x"))
