@@ -28,7 +28,7 @@ def test_init_is_tied_with_unit_decoder_rows() -> None:
     model = make_sae()
     model.init_from_data(sample())
     assert unit_norm_check(model) < 1e-6
-    ratio = model.W_enc / model.W_dec  # W_enc is W_dec scaled by one constant
+    ratio = (model.W_enc / model.W_dec).detach()  # W_enc is W_dec scaled by one constant
     torch.testing.assert_close(ratio, torch.full_like(ratio, float(ratio[0, 0])))
     assert float(model.b_enc.abs().max()) == 0.0
 

@@ -21,24 +21,39 @@ from sae.errors import AtlasError
 from sae.model import unit_norm_check
 from sae.train import TrainConfig, train
 
+SMALL = dict(
+    latents=64,
+    k=4,
+    batch_size=128,
+    lr=3e-3,
+    warmup_steps=2,
+    checkpoint_every=5,
+    dead_tokens=256,
+    shuffle_tokens=300,
+    progress=False,
+)
+
 
 def small_run(tiny_cache: Path, out: Path, **kw: Any) -> TrainConfig:
-    settings: dict[str, Any] = dict(
-        acts=str(tiny_cache),
-        out=str(out),
-        latents=64,
-        k=4,
-        batch_size=128,
-        tokens=128 * 24,
-        lr=3e-3,
-        warmup_steps=2,
-        checkpoint_every=5,
-        dead_tokens=256,
-        shuffle_tokens=300,
-        progress=False,
+    return TrainConfig(
+        **{**SMALL, "acts": str(tiny_cache), "out": str(out), "tokens": 128 * 24, **kw}
     )
-    settings.update(kw)
-    return TrainConfig(**settings)
+
+
+def interrupt_at_step(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
+    """Make training raise KeyboardInterrupt when it starts step `step` (counting from 1)."""
+    import sae.train as train_module
+
+    real_step, calls = train_module._step, {"n": 0}
+
+    def step_then_die(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == step:
+            monkeypatch.setattr(train_module, "_step", real_step)  # the next run is whole
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_step", step_then_die)
 
 
 def test_batches_cover_every_token_once_per_epoch(tiny_cache: Path) -> None:
@@ -82,21 +97,9 @@ def test_killed_run_resumes_to_the_same_weights(
     tmp_path: Path, tiny_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     whole = train(small_run(tiny_cache, tmp_path / "whole"))
-    import sae.train as train_module
-
-    real_step = train_module._step
-    calls = {"n": 0}
-
-    def step_then_die(*args: Any, **kwargs: Any) -> Any:
-        calls["n"] += 1
-        if calls["n"] == 13:  # after the checkpoint at step 10
-            raise KeyboardInterrupt
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "_step", step_then_die)
+    interrupt_at_step(monkeypatch, 13)  # after the checkpoint at step 10
     with pytest.raises(KeyboardInterrupt):
         train(small_run(tiny_cache, tmp_path / "resumed"))
-    monkeypatch.setattr(train_module, "_step", real_step)
     with pytest.raises(AtlasError, match="not empty; pass --resume"):
         train(small_run(tiny_cache, tmp_path / "resumed"))
     with pytest.raises(AtlasError, match="has latents 64, not 96"):
@@ -183,25 +186,18 @@ def test_attention_sink_tokens_are_left_out_of_training(tmp_path: Path, tiny_cac
 
 
 def stream_run(tiny_model_dir: Path, corpus: Path, out: Path, **kw: Any) -> TrainConfig:
-    settings: dict[str, Any] = dict(
-        out=str(out),
-        model=str(tiny_model_dir),
-        corpus=str(corpus),
-        layer=2,
-        context_length=17,
-        latents=64,
-        k=4,
-        batch_size=128,
-        tokens=128 * 16,
-        lr=3e-3,
-        warmup_steps=2,
-        checkpoint_every=5,
-        dead_tokens=256,
-        shuffle_tokens=300,
-        progress=False,
+    return TrainConfig(
+        **{
+            **SMALL,
+            "out": str(out),
+            "model": str(tiny_model_dir),
+            "corpus": str(corpus),
+            "layer": 2,
+            "context_length": 17,
+            "tokens": 128 * 16,
+            **kw,
+        }
     )
-    settings.update(kw)
-    return TrainConfig(**settings)
 
 
 def test_training_streams_from_the_model_without_a_cache(
@@ -217,20 +213,9 @@ def test_training_streams_from_the_model_without_a_cache(
     records = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").open()]
     assert len(records) == 16 and records[-1]["fvu"] < records[0]["fvu"]
 
-    import sae.train as train_module
-
-    real_step, calls = train_module._step, {"n": 0}
-
-    def step_then_die(*args: Any, **kwargs: Any) -> Any:
-        calls["n"] += 1
-        if calls["n"] == 12:  # after the checkpoint at step 10
-            raise KeyboardInterrupt
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "_step", step_then_die)
+    interrupt_at_step(monkeypatch, 12)  # after the checkpoint at step 10
     with pytest.raises(KeyboardInterrupt):
         train(stream_run(tiny_model_dir, corpus, tmp_path / "resumed"))
-    monkeypatch.setattr(train_module, "_step", real_step)
     resumed = train(stream_run(tiny_model_dir, corpus, tmp_path / "resumed", resume=True))
     for name, param in whole.named_parameters():
         torch.testing.assert_close(getattr(resumed, name), param, rtol=0, atol=0)
