@@ -30,7 +30,7 @@ def test_init_is_tied_with_unit_decoder_rows() -> None:
     assert unit_norm_check(model) < 1e-6
     ratio = (model.W_enc / model.W_dec).detach()  # W_enc is W_dec scaled by one constant
     torch.testing.assert_close(ratio, torch.full_like(ratio, float(ratio[0, 0])))
-    assert float(model.b_enc.abs().max()) == 0.0
+    assert float(model.b_enc.detach().abs().max()) == 0.0
 
 
 def test_init_scales_inputs_to_unit_norm_and_reconstruction_to_norm_one() -> None:
@@ -40,8 +40,9 @@ def test_init_scales_inputs_to_unit_norm_and_reconstruction_to_norm_one() -> Non
     normalised, _ = model.normalize(x)
     assert float(normalised.norm(dim=-1).mean()) == pytest.approx(1.0, rel=1e-5)
     probe = torch.nn.functional.normalize(torch.randn(256, 12), dim=-1)
-    acts, idx = model._encode_normalised(probe + model.b_pre, model.cfg.k)
-    recon = sae.kernels.sparse_decode(acts, idx, model.W_dec)
+    with torch.no_grad():
+        acts, idx = model._encode_normalised(probe + model.b_pre, model.cfg.k)
+        recon = sae.kernels.sparse_decode(acts, idx, model.W_dec)
     assert float(recon.norm(dim=-1).mean()) == pytest.approx(1.0, rel=0.15)
 
 
