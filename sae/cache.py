@@ -95,12 +95,13 @@ def write_shard(
     root: Path,
     index: int,
     activations: torch.Tensor,
+    norms: torch.Tensor,
     *,
     first_context: int,
     norm_sum: float,
     n_tokens: int,
 ) -> None:
-    """Write one shard of activations (C, T-1, d) atomically."""
+    """Write one shard of activations (C, T-1, d) and their norms (C, T-1) atomically."""
     path = shard_path(root, index)
     tmp = path.with_name(f".{path.name}.tmp")
     metadata = {
@@ -109,8 +110,7 @@ def write_shard(
         "norm_sum": repr(norm_sum),
         "n_tokens": str(n_tokens),
     }
-    norms = activations.float().norm(dim=-1)  # (C, T-1)
-    tensors = {"activations": activations.contiguous(), "norms": norms}
+    tensors = {"activations": activations.contiguous(), "norms": norms.float().contiguous()}
     save_file(tensors, str(tmp), metadata=metadata)
     with open(tmp, "rb") as handle:
         os.fsync(handle.fileno())

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -29,8 +29,7 @@ def valid_norms(cache: ActivationCache, max_norm_ratio: float) -> np.ndarray:
     in, they dominate the batch variance (and so the normalised MSE) while saying nothing about
     the features we want; so, like position 0, they are left out.
     """
-    norms = cache.norms()  # (N, T-1)
-    return (norms <= max_norm_ratio * float(norms.median())).numpy()
+    return (cache.norms() <= max_norm_ratio * cache.median_norm()).numpy()  # (N, T-1)
 
 
 @dataclass(frozen=True)
@@ -101,6 +100,13 @@ class ShuffledTokens:
         pooled = torch.cat(parts)  # (tokens, d)
         order = np.random.default_rng([self.seed, epoch, index]).permutation(len(pooled))
         return pooled[torch.from_numpy(order)]
+
+    def state(self) -> dict[str, Any]:
+        """Nothing to remember: a cache resumes from the token offset alone."""
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        pass
 
     def batches(self, *, start_token: int = 0) -> Iterator[Tensor]:
         """Endless (B, d) batches in storage dtype, beginning at global token `start_token`."""

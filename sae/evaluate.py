@@ -24,7 +24,7 @@ from sae.cache import ActivationCache
 from sae.contexts import build_contexts
 from sae.corpus import open_corpus
 from sae.errors import AtlasError
-from sae.lm import LanguageModel, load_lm, next_token_loss, residual_stream
+from sae.lm import LanguageModel, load_lm, next_token_loss
 from sae.model import SparseAutoencoder
 
 
@@ -115,6 +115,16 @@ def _splice(values: Callable[[Tensor], Tensor], limit: float) -> Callable[[Tenso
     return replace
 
 
+def _recorder(store: list[Tensor]) -> Callable[[Tensor], Tensor]:
+    """A 'replacement' that keeps the block output unchanged and records it."""
+
+    def record(hidden: Tensor) -> Tensor:
+        store.append(hidden)
+        return hidden
+
+    return record
+
+
 def sink_limit(model: SparseAutoencoder) -> float:
     """Norm above which a token counts as an attention sink for this SAE (inf: none)."""
     if model.cfg.max_norm_ratio > 0 and model.cfg.median_norm > 0:
@@ -143,14 +153,16 @@ def evaluate(
     xs, errs, l0 = [], [], 0.0
     fired = torch.zeros(model.cfg.n_latents, dtype=torch.bool)
     for batch in token_ids.split(batch_size):
-        x = residual_stream(lm, batch, layer)[:, 1:].float()  # (b, T-1, d)
+        seen: list[Tensor] = []  # the clean forward's block output, read on the way through
+        clean = next_token_loss(lm, batch, layer=layer, replace=_recorder(seen))
+        losses["clean"] += len(batch) * float(clean)
+        x = seen[0][:, 1:].float()  # (b, T-1, d)
         x = x[x.norm(dim=-1) <= limit]  # (m, d) sinks left out, as in training
         out = model(x.to(model.device))
         xs.append(x.cpu())
         errs.append((x - out.sae_out.to(x.device)).cpu())
         l0 += float((out.top_acts > 0).sum())
         fired[out.top_indices[out.top_acts > 0].cpu()] = True
-        losses["clean"] += len(batch) * float(next_token_loss(lm, batch))
         for name, values in variants.items():
             loss = next_token_loss(lm, batch, layer=layer, replace=_splice(values, limit))
             losses[name] += len(batch) * float(loss)

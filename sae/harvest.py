@@ -25,7 +25,14 @@ from sae import cache
 from sae.contexts import Contexts, build_contexts, contexts_needed
 from sae.corpus import open_corpus
 from sae.errors import AtlasError
-from sae.lm import LanguageModel, check_layer, load_config, load_lm, residual_stream
+from sae.lm import (
+    LanguageModel,
+    check_layer,
+    hook_description,
+    load_config,
+    load_lm,
+    residual_stream,
+)
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +215,7 @@ def _start(
         "model_source": lm.source,
         "architecture": type(lm.model).__name__,
         "layer": cfg.layer,
-        "hook": f"residual stream after block {cfg.layer} (hidden_states[{cfg.layer + 1}])",
+        "hook": hook_description(cfg.layer),
         "d_model": lm.d_model,
         "n_layers": lm.n_layers,
         "corpus": corpus_name,
@@ -264,7 +271,8 @@ def _run_shards(
             ids = torch.from_numpy(rows).long()  # (C, T)
             acts = _shard_activations(lm, ids, cfg, bar)  # (C, T-1, d)
             valid = ~torch.isin(ids[:, 1:], excluded)  # (C, T-1)
-            norm_sum = float(acts[valid].float().norm(dim=-1).double().sum())
+            norms = acts.float().norm(dim=-1)  # (C, T-1), stored with the shard
+            norm_sum = float(norms[valid].double().sum())
             if pending is not None:
                 pending.result()  # at most one shard waits for the disk: memory stays bounded
             pending = writer.submit(
@@ -272,6 +280,7 @@ def _run_shards(
                 out,
                 index,
                 acts,
+                norms,
                 first_context=index * per_shard,
                 norm_sum=norm_sum,
                 n_tokens=int(valid.sum()),

@@ -258,6 +258,14 @@ class SparseDecode(torch.autograd.Function):
         return dvals, None, dW_dec, None
 
 
+def _gemm_topk(x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The encoder's one dense op and its selection: pre-activations (B, n), relu'd top-k
+    values (B, k) and their latent ids (B, k)."""
+    pre = torch.addmm(b_enc, x, W_enc.T)  # (B, n)
+    vals, idx = pre.topk(k, dim=-1, sorted=False)  # (B, k)
+    return pre, vals.relu_(), idx
+
+
 class TopKEncode(torch.autograd.Function):
     """(x (B,d), W_enc (n,d), b_enc (n,), k, ops) → (relu(top-k pre-activations), their ids).
 
@@ -270,9 +278,7 @@ class TopKEncode(torch.autograd.Function):
     def forward(
         ctx: Any, x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, ops: SparseOps
     ) -> tuple[Tensor, Tensor]:
-        pre = torch.addmm(b_enc, x, W_enc.T)  # (B, n), the one dense op of the step
-        vals, idx = pre.topk(k, dim=-1, sorted=False)  # (B, k), (B, k)
-        acts = vals.relu_()  # (B, k)
+        _, acts, idx = _gemm_topk(x, W_enc, b_enc, k)  # (B, k), (B, k)
         ctx.save_for_backward(x, W_enc, acts, idx)
         ctx.ops = ops
         ctx.mark_non_differentiable(idx)
@@ -292,7 +298,8 @@ class TopKEncodeAux(torch.autograd.Function):
     """TopKEncode that also picks the top `k_aux` pre-activations among dead latents.
 
     The AuxK loss (paper §2.4) needs the dead latents' pre-activations; they are already in the
-    (B, n) GEMM output, so selecting them there costs a masked top-k instead of a second GEMM.
+    (B, n) GEMM output, so selecting them there costs a top-k over the dead columns instead of
+    a second GEMM.
     The backward merges both selections into one (B, k + k_aux) sparse gradient.
     """
 
@@ -307,9 +314,7 @@ class TopKEncodeAux(torch.autograd.Function):
         k_aux: int,
         ops: SparseOps,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        pre = torch.addmm(b_enc, x, W_enc.T)  # (B, n)
-        vals, idx = pre.topk(k, dim=-1, sorted=False)  # (B, k)
-        acts = vals.relu_()
+        pre, acts, idx = _gemm_topk(x, W_enc, b_enc, k)  # (B, n), (B, k), (B, k)
         dead = dead_mask.nonzero().squeeze(1)  # (m,) only dead latents compete
         aux_vals, pos = pre.index_select(1, dead).topk(k_aux, dim=-1, sorted=False)  # (B, k_aux)
         aux_idx = dead[pos]  # (B, k_aux)
@@ -344,9 +349,7 @@ class TopKEncodeDeadPre(torch.autograd.Function):
     def forward(
         ctx: Any, x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, dead: Tensor, ops: SparseOps
     ) -> tuple[Tensor, Tensor, Tensor]:
-        pre = torch.addmm(b_enc, x, W_enc.T)  # (B, n)
-        vals, idx = pre.topk(k, dim=-1, sorted=False)  # (B, k)
-        acts = vals.relu_()
+        pre, acts, idx = _gemm_topk(x, W_enc, b_enc, k)  # (B, n), (B, k), (B, k)
         pre_dead = pre.index_select(1, dead)  # (B, m)
         ctx.save_for_backward(x, W_enc, acts, idx, dead)
         ctx.ops = ops

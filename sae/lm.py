@@ -159,6 +159,11 @@ def load_config(name: str) -> Any:
         ) from None
 
 
+def hook_description(layer: int) -> str:
+    """How caches and SAEs record where their activations come from."""
+    return f"residual stream after block {layer} (hidden_states[{layer + 1}])"
+
+
 def check_layer(config: Any, layer: int, *, name: str) -> None:
     n_layers = int(config.num_hidden_layers)
     if not 0 <= layer < n_layers:

@@ -45,6 +45,7 @@ class StreamedTokens:
         self.n_groups = math.ceil(len(token_ids) / self.group_contexts)
         self.counts: dict[str, int] = {}  # "epoch:group" -> tokens kept
         self.reference_norm: float | None = None
+        self._last: tuple[tuple[int, int], Tensor] | None = None  # the latest group's forward
 
     @property
     def d_model(self) -> int:
@@ -64,7 +65,14 @@ class StreamedTokens:
         self.reference_norm = state.get("reference_norm", self.reference_norm)
 
     def _activations(self, epoch: int, group: int) -> Tensor:
-        """Activations (tokens, d) of one group's contexts, positions 1.. only."""
+        """Activations (tokens, d) of one group's contexts, positions 1.. only.
+
+        The latest group is kept: the median norm, the initialisation sample and the first
+        batches all need group 0, and the model runs over it once.
+        """
+        if self._last is not None and self._last[0] == (epoch, group):
+            return self._last[1]
+        self._last = None  # free it before the next forward: one group in memory at a time
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.token_ids))
         rows = order[group * self.group_contexts : (group + 1) * self.group_contexts]
         ids = torch.from_numpy(np.asarray(self.token_ids[np.sort(rows)])).long()  # (G, T)
@@ -72,7 +80,9 @@ class StreamedTokens:
             residual_stream(self.lm, chunk, self.layer)[:, 1:].float()
             for chunk in ids.split(self.forward_batch)
         ]
-        return torch.cat(parts).flatten(0, 1).cpu()  # (G * (T-1), d)
+        acts = torch.cat(parts).flatten(0, 1).cpu()  # (G * (T-1), d)
+        self._last = ((epoch, group), acts)
+        return acts
 
     def _group_tokens(self, epoch: int, group: int) -> Tensor:
         acts = self._activations(epoch, group)  # (tokens, d)

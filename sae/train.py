@@ -30,6 +30,7 @@ from sae.config import Normalize, SaeConfig
 from sae.data import ShuffledTokens
 from sae.errors import AtlasError
 from sae.model import ForwardOutput, SparseAutoencoder, default_learning_rate
+from sae.stream import StreamedTokens
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ class TrainState:
 class DataSource:
     """Where training batches come from, and what the SAE should record about it."""
 
-    batches: Any  # ShuffledTokens | StreamedTokens: .batches(start_token=) -> Iterator[Tensor]
+    batches: ShuffledTokens | StreamedTokens  # .batches(start_token=), .state(), .load_state()
     d_model: int
     layer: int
     median_norm: Callable[[], float]
@@ -144,11 +145,10 @@ def open_data(cfg: TrainConfig) -> DataSource:
         )
     from sae.contexts import build_contexts, contexts_needed
     from sae.corpus import open_corpus
-    from sae.lm import check_layer, load_lm
-    from sae.stream import StreamedTokens
+    from sae.lm import check_layer, hook_description, load_config, load_lm
 
+    check_layer(load_config(cfg.model), cfg.layer, name=cfg.model)  # before loading weights
     lm = load_lm(cfg.model, device=cfg.device)
-    check_layer(lm.model.config, cfg.layer, name=cfg.model)
     contexts = build_contexts(
         open_corpus(cfg.corpus).documents(),
         lm.tokenizer,
@@ -166,13 +166,12 @@ def open_data(cfg: TrainConfig) -> DataSource:
         seed=cfg.seed,
         max_norm_ratio=cfg.max_norm_ratio,
     )
-    hook = f"residual stream after block {cfg.layer} (hidden_states[{cfg.layer + 1}])"
     return DataSource(
         stream,
         lm.d_model,
         cfg.layer,
         stream.median_norm,
-        {"model": cfg.model, "hook": hook, "corpus": cfg.corpus},
+        {"model": cfg.model, "hook": hook_description(cfg.layer), "corpus": cfg.corpus},
         0,
     )
 
@@ -193,8 +192,7 @@ def train(cfg: TrainConfig) -> SparseAutoencoder:
     n_steps = max(total_tokens // cfg.batch_size, 1)
     out = Path(cfg.out)
     sae, optimizer, state = _setup(cfg, data, out=out, n_steps=n_steps, rank=rank)
-    if hasattr(data.batches, "load_state"):
-        data.batches.load_state(state.data_state)
+    data.batches.load_state(state.data_state)
     batches = data.batches.batches(start_token=state.tokens_seen)
     bar = tqdm(
         total=n_steps,
@@ -230,8 +228,7 @@ def train(cfg: TrainConfig) -> SparseAutoencoder:
             )
             if rank == 0 and (state.step % cfg.checkpoint_every == 0 or state.step == n_steps):
                 metrics_file.flush()  # type: ignore[union-attr]
-                if hasattr(data.batches, "state"):
-                    state.data_state = data.batches.state()
+                state.data_state = data.batches.state()
                 save_checkpoint(out, sae, optimizer, state)
     finally:
         bar.close()

@@ -170,7 +170,8 @@ def test_attention_sink_tokens_are_left_out_of_training(tmp_path: Path, tiny_cac
     acts = acts.clone()
     acts[0, 0] *= 500  # two sink-like tokens: norms far above the median
     acts[3, 5] *= 500
-    cache_module.write_shard(planted, 0, acts, first_context=first, norm_sum=0.0, n_tokens=0)
+    norms = acts.float().norm(dim=-1)
+    cache_module.write_shard(planted, 0, acts, norms, first_context=first, norm_sum=0.0, n_tokens=0)
     cache = ActivationCache(planted)
     keep_all = ShuffledTokens(cache, batch_size=64)
     filtered = ShuffledTokens(cache, batch_size=64, max_norm_ratio=10.0)
@@ -182,7 +183,7 @@ def test_attention_sink_tokens_are_left_out_of_training(tmp_path: Path, tiny_cac
     assert float(torch.cat(batches).float().norm(dim=-1).max()) <= limit
     model = train(small_run(planted, tmp_path / "sae", max_norm_ratio=10.0))
     assert model.cfg.max_norm_ratio == 10.0
-    assert model.cfg.median_norm == pytest.approx(float(cache.norms().median()))
+    assert model.cfg.median_norm == pytest.approx(cache.median_norm())
 
 
 def stream_run(tiny_model_dir: Path, corpus: Path, out: Path, **kw: Any) -> TrainConfig:
@@ -207,7 +208,22 @@ def test_training_streams_from_the_model_without_a_cache(
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(" ".join(f"{doc} ({i})" for i, doc in enumerate(DOCUMENTS * 3)))
+    import sae.stream as stream_module
+
+    forwards = {"n": 0}
+    real_forward = stream_module.residual_stream
+
+    def counting_forward(*args: Any, **kwargs: Any) -> torch.Tensor:
+        forwards["n"] += 1
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(stream_module, "residual_stream", counting_forward)
     whole = train(stream_run(tiny_model_dir, corpus, tmp_path / "whole"))
+    monkeypatch.setattr(stream_module, "residual_stream", real_forward)
+    groups_seen = torch.load(tmp_path / "whole" / "checkpoint" / "state.pt", weights_only=False)
+    # One forward per group used (each group is < 32 contexts): the median norm, the init
+    # sample and the first batches share group 0's forward.
+    assert forwards["n"] == len(groups_seen["state"]["data_state"]["counts"])
     assert whole.cfg.layer == 2 and whole.cfg.model == str(tiny_model_dir)
     assert whole.cfg.median_norm > 0
     records = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").open()]
