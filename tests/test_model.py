@@ -212,3 +212,49 @@ def test_forward_takes_the_dense_auxk_path_only_with_few_dead_latents(
         dead[:n_dead] = True
         model(x, dead_mask=dead)
     assert chosen == [True, False]
+
+
+def dense_reference_loss(model: SparseAutoencoder, x: torch.Tensor, dead: torch.Tensor | None):  # type: ignore[no-untyped-def]
+    """The paper's losses written with plain dense autograd: what the fast path must equal."""
+    xn = x * model.cfg.input_scale
+    pre = (xn - model.b_pre) @ model.W_enc.T + model.b_enc  # (B, n)
+    vals, idx = pre.topk(model.cfg.k, dim=-1)
+    codes = torch.zeros_like(pre).scatter(1, idx, vals.relu())  # (B, n)
+    recon = codes @ model.W_dec + model.b_pre
+    residual = xn - recon
+    variance = (xn - xn.mean(0)).pow(2).sum(-1).mean()
+    loss = residual.pow(2).sum(-1).mean() / variance
+    if dead is not None:
+        k_aux = min(model.cfg.k_aux, int(dead.sum()))
+        aux_vals, aux_idx = pre.masked_fill(~dead, -torch.inf).topk(k_aux, dim=-1)
+        aux_codes = torch.zeros_like(pre).scatter(1, aux_idx, aux_vals.relu())
+        e = residual.detach()
+        aux = (aux_codes @ model.W_dec - e).pow(2).sum(-1).mean() / (e - e.mean(0)).pow(2).sum(
+            -1
+        ).mean()
+        loss = loss + model.cfg.auxk_coef * aux
+    return loss
+
+
+@pytest.mark.parametrize("n_dead", [0, 8, 40])  # none, dense AuxK path, sparse AuxK path
+def test_forward_and_gradients_match_plain_dense_autograd(n_dead: int) -> None:
+    x = sample(64)
+    dead = None
+    if n_dead:
+        dead = torch.zeros(48, dtype=torch.bool)
+        dead[torch.randperm(48, generator=torch.Generator().manual_seed(4))[:n_dead]] = True
+    grads = []
+    for path in ("fast", "dense"):
+        model = make_sae(k_aux=6)
+        model.init_from_data(x)
+        with torch.no_grad():
+            model.b_enc.uniform_(-0.05, 0.05, generator=torch.Generator().manual_seed(1))
+        if path == "fast":
+            out = model(x, dead_mask=dead)
+            loss = out.fvu + model.cfg.auxk_coef * out.auxk_loss
+        else:
+            loss = dense_reference_loss(model, x, dead)
+        loss.backward()
+        grads.append([loss.detach()] + [p.grad.clone() for p in model.parameters()])
+    for got, want in zip(*grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
