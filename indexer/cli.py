@@ -1,18 +1,52 @@
-"""The `indexer` command: precompute every latent's dashboard into one DuckDB file.
-
-Its `build` subcommand is not part of this release yet; see the README's roadmap.
-"""
+"""The `indexer` command: precompute every latent's dashboard into one DuckDB file."""
 
 from __future__ import annotations
 
+import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
-from sae.cli_args import help_only_main
+import sae
+from sae.cli_args import add_config_arguments, config_from_arguments
+from sae.errors import AtlasError
+
+
+def parser() -> argparse.ArgumentParser:
+    from indexer.config import BuildConfig
+
+    root = argparse.ArgumentParser(prog="indexer", description=__doc__)
+    root.add_argument("--version", action="version", version=f"latent-atlas {sae.__version__}")
+    commands = root.add_subparsers(dest="command", required=True)
+    build = commands.add_parser(
+        "build",
+        help="encode the activations once and write every latent's dashboard",
+        description="Read the activation cache (or run the model) once, keep fixed-size "
+        "accumulators per latent, and write one DuckDB file. Under torchrun each rank reads a "
+        "slice and rank 0 writes the merged result.",
+    )
+    add_config_arguments(build, BuildConfig)
+    build.add_argument("--quiet", action="store_true", help="no progress bar")
+    return root
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return help_only_main("indexer", __doc__ or "", argv)
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from indexer.build import build
+    from indexer.config import BuildConfig
+    from sae.cli import distributed
+
+    try:
+        cfg = config_from_arguments(BuildConfig, args)
+        with distributed():
+            summary = build(cfg, progress=not args.quiet)
+    except (AtlasError, ValueError) as exc:
+        print(f"indexer {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    if summary is not None:
+        print("\n".join(summary.lines()))
+    return 0
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import types
 import typing
 from collections.abc import Sequence
 from typing import Any, TypeVar
@@ -16,7 +17,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_type: type) -> 
     hints = typing.get_type_hints(config_type)
     for spec in dataclasses.fields(config_type):
         flag = "--" + spec.name.replace("_", "-")
-        kind = hints[spec.name]
+        kind = _without_none(hints[spec.name])
         required = (
             spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING
         )
@@ -34,6 +35,14 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_type: type) -> 
         else:
             options["type"] = kind if kind in (int, float, str) else str
         parser.add_argument(flag, **options)
+
+
+def _without_none(kind: Any) -> Any:
+    """`int | None` → int: an optional flag's value still has a type."""
+    args = [arg for arg in typing.get_args(kind) if arg is not type(None)]
+    if typing.get_origin(kind) in (typing.Union, types.UnionType) and len(args) == 1:
+        return args[0]
+    return kind
 
 
 def config_from_arguments(config_type: type[T], args: argparse.Namespace) -> T:

@@ -12,15 +12,17 @@ Attention sinks — position 0, and tokens whose norm is far above the median (t
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from sae.cache import ActivationCache
+from sae.cache import ActivationCache, write_json
 from sae.contexts import build_contexts
 from sae.corpus import open_corpus
 from sae.errors import AtlasError
@@ -206,4 +208,18 @@ def run_eval(cfg: EvalConfig) -> EvalResult:
         cache.manifest["model"], dtype=cache.manifest["settings"]["model_dtype"], device=cfg.device
     )
     token_ids = held_out_contexts(cache, lm.tokenizer, cfg.contexts)
-    return evaluate(model, lm, cache, token_ids, batch_size=cfg.batch_size)
+    result = evaluate(model, lm, cache, token_ids, batch_size=cfg.batch_size)
+    record_eval(Path(cfg.sae), result, acts=cfg.acts)
+    return result
+
+
+EVAL_RECORD = "eval.json"
+
+
+def record_eval(folder: Path, result: EvalResult, *, acts: str) -> None:
+    """Keep the latest eval beside our SAE's weights, where `indexer build` finds it."""
+    if not (folder / "cfg.json").is_file() or not (folder / "sae.safetensors").is_file():
+        return  # a foreign file or folder: not ours to write into
+    record = {**result.to_dict(), "acts": str(Path(acts).expanduser().resolve())}
+    with contextlib.suppress(OSError):  # a read-only folder: the eval was printed all the same
+        write_json(folder / EVAL_RECORD, record)

@@ -111,3 +111,22 @@ def tiny_cache(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -
     )
     harvest(cfg, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_sae(
+    tmp_path_factory: pytest.TempPathFactory, tiny_cache: Path, tiny_model_dir: Path
+) -> Path:
+    """A 64-latent, k=4 SAE for the tiny cache, initialised from its data and saved."""
+    from sae.cache import ActivationCache
+    from sae.config import SaeConfig
+    from sae.model import SparseAutoencoder
+
+    cache = ActivationCache(tiny_cache)
+    sample = torch.cat([acts.flatten(0, 1) for _, acts in cache.shards()]).float()
+    cfg = SaeConfig(d_in=32, n_latents=64, k=4, layer=2, model=str(tiny_model_dir))
+    model = SparseAutoencoder(cfg)
+    model.init_from_data(sample)
+    out = tmp_path_factory.mktemp("tiny-sae") / "sae"
+    model.save(out)
+    return out

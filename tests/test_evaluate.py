@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pytest
 import torch
@@ -124,6 +125,24 @@ def test_eval_command_prints_json(tmp_path: Path, sentence_cache: Path) -> None:
     values = json.loads(result.stdout)
     assert {"nmse", "l0", "dead_fraction", "delta_loss", "delta_loss_mean_ablation"} <= set(values)
     assert 0 < values["l0"] <= 4
+    recorded = json.loads((tmp_path / "sae" / "eval.json").read_text())
+    assert recorded["nmse"] == values["nmse"] and recorded["acts"] == str(sentence_cache)
+
+    # The index shows the eval and the last training step of the SAE it was built from.
+    from indexer.build import build
+    from indexer.config import BuildConfig
+
+    out = tmp_path / "index.duckdb"
+    build(
+        BuildConfig(sae=str(tmp_path / "sae"), acts=str(sentence_cache), out=str(out)),
+        progress=False,
+    )
+    with duckdb.connect(str(out), read_only=True) as connection:
+        sae_eval, training = connection.execute(
+            "SELECT sae_eval->>'delta_loss', training->>'step' FROM build"
+        ).fetchone()
+    assert float(sae_eval) == pytest.approx(values["delta_loss"])
+    assert int(training) == 10
 
 
 def test_eval_refuses_an_sae_of_another_layer(tmp_path: Path, tiny_cache: Path) -> None:

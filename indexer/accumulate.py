@@ -1,0 +1,173 @@
+"""Per-latent accumulators of fixed size that see the corpus once and merge exactly.
+
+`indexer build` encodes the activations chunk by chunk (a chunk = whole contexts) and feeds each
+chunk's sparse codes to `Accumulators.update`. Nothing here grows with the corpus:
+- `LatentStats`: counts, sums, maxima and log-spaced histograms, (n,) and (n, bins) arrays;
+- `Reservoir`: for every latent, the best `capacity` (latent, context) pairs under an order —
+  the largest activation for top examples, the smallest hash for a uniform sample of the
+  contexts it fires in (bottom-k sampling), from which rank-quantile bands are cut at the end;
+- `TokenSample`: every token's code in a fixed, hash-chosen share of the contexts, for
+  co-activation, token tables and the scoring of explanations.
+Each merges with another built on other chunks to exactly what one pass over both would give
+(ties broken by context id; hashes depend only on ids), so sharded builds equal single ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from indexer.fires import Chunk, Fires
+from indexer.hashing import in_token_sample, pair_hash
+from indexer.reservoir import Reservoir
+
+HIST_LOG10_MIN, HIST_LOG10_MAX, HIST_PER_DECADE = -4.0, 4.0, 20
+HIST_BINS = int((HIST_LOG10_MAX - HIST_LOG10_MIN) * HIST_PER_DECADE)
+
+
+@dataclass
+class LatentStats:
+    """Exact per-latent counts, sums, maxima and activation histograms."""
+
+    n_latents: int
+    n_tokens: int = 0
+    n_sink_tokens: int = 0
+    n_fires: np.ndarray = field(init=False)
+    n_contexts: np.ndarray = field(init=False)
+    activation_sum: np.ndarray = field(init=False)
+    activation_max: np.ndarray = field(init=False)
+    special_fires: np.ndarray = field(init=False)
+    repeat_fires: np.ndarray = field(init=False)
+    histogram: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        n = self.n_latents
+        self.n_fires, self.n_contexts = np.zeros(n, np.int64), np.zeros(n, np.int64)
+        self.activation_sum, self.activation_max = np.zeros(n), np.zeros(n, np.float32)
+        self.special_fires, self.repeat_fires = np.zeros(n, np.int64), np.zeros(n, np.int64)
+        self.histogram = np.zeros((n, HIST_BINS), np.int64)
+
+    def update(self, chunk: Chunk, fires: Fires, *, special_ids: np.ndarray) -> None:
+        n, lat, act = self.n_latents, fires.latent, fires.activation
+        self.n_fires += np.bincount(lat, minlength=n)
+        self.n_contexts += np.bincount(fires.pair_latent, minlength=n)
+        self.activation_sum += np.bincount(lat, weights=act, minlength=n)
+        self.activation_max = np.maximum(
+            self.activation_max,
+            torch.zeros(n)
+            .scatter_reduce(0, torch.from_numpy(lat), torch.from_numpy(act), "amax")
+            .numpy(),
+        )
+        bins = histogram_bins(act)
+        self.histogram += np.bincount(lat * HIST_BINS + bins, minlength=n * HIST_BINS).reshape(
+            n, HIST_BINS
+        )
+        tokens = chunk.token_ids[:, 1:].reshape(-1)[fires.flat]  # (E,) the firing tokens
+        previous = chunk.token_ids[:, :-1].reshape(-1)[fires.flat]
+        self.special_fires += np.bincount(lat[np.isin(tokens, special_ids)], minlength=n)
+        self.repeat_fires += np.bincount(lat[tokens == previous], minlength=n)
+
+    def merge(self, other: LatentStats) -> None:
+        self.n_tokens += other.n_tokens
+        self.n_sink_tokens += other.n_sink_tokens
+        for name in ("n_fires", "n_contexts", "activation_sum", "special_fires", "repeat_fires"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.histogram += other.histogram
+        self.activation_max = np.maximum(self.activation_max, other.activation_max)
+
+
+def histogram_bins(activations: np.ndarray) -> np.ndarray:
+    """Log-spaced bin of each activation; out-of-range values go to the first or last bin."""
+    log = np.log10(np.maximum(activations, 1e-30))
+    bins = np.floor((log - HIST_LOG10_MIN) * HIST_PER_DECADE).astype(np.int64)
+    return np.clip(bins, 0, HIST_BINS - 1)
+
+
+def histogram_edges() -> np.ndarray:
+    return 10.0 ** np.linspace(HIST_LOG10_MIN, HIST_LOG10_MAX, HIST_BINS + 1)
+
+
+@dataclass
+class TokenSample:
+    """Every token's sparse code in the contexts whose hash falls in a fixed share."""
+
+    fraction: float  # share of contexts kept
+    held_out_fraction: float  # share of the kept contexts reserved for scoring explanations
+    context_ids: list[np.ndarray] = field(default_factory=list)
+    token_ids: list[np.ndarray] = field(default_factory=list)
+    activations: list[np.ndarray] = field(default_factory=list)
+    indices: list[np.ndarray] = field(default_factory=list)
+
+    def update(self, chunk: Chunk) -> None:
+        ids = chunk.first_context + np.arange(len(chunk.token_ids))
+        keep = in_token_sample(ids, self.fraction)
+        if keep.any():
+            self.context_ids.append(ids[keep])
+            self.token_ids.append(chunk.token_ids[keep].astype(np.int32))
+            self.activations.append(chunk.activations[keep].astype(np.float32))
+            self.indices.append(chunk.indices[keep].astype(np.int32))
+
+    def merge(self, other: TokenSample) -> None:
+        for name in ("context_ids", "token_ids", "activations", "indices"):
+            getattr(self, name).extend(getattr(other, name))
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(context ids (S,), tokens (S, T), activations, indices (S, T-1, k)) by context id."""
+        if not self.context_ids:
+            raise ValueError("the token sample is empty")
+        ids = np.concatenate(self.context_ids)
+        order = np.argsort(ids, kind="stable")
+        return (
+            ids[order],
+            np.concatenate(self.token_ids)[order],
+            np.concatenate(self.activations)[order],
+            np.concatenate(self.indices)[order],
+        )
+
+
+@dataclass
+class Accumulators:
+    """Everything `indexer build` keeps while it reads the corpus once."""
+
+    stats: LatentStats
+    top: Reservoir  # strongest contexts of each latent
+    sample: Reservoir  # uniform sample of the contexts each latent fires in
+    tokens: TokenSample
+    special_ids: np.ndarray
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        n_latents: int,
+        positions: int,
+        top_examples: int,
+        quantile_sample: int,
+        sample_fraction: float,
+        held_out_fraction: float,
+        special_ids: np.ndarray,
+    ) -> Accumulators:
+        return cls(
+            stats=LatentStats(n_latents),
+            top=Reservoir(n_latents, top_examples, positions, "strongest"),
+            sample=Reservoir(n_latents, quantile_sample, positions, "hash"),
+            tokens=TokenSample(sample_fraction, held_out_fraction),
+            special_ids=special_ids,
+        )
+
+    def update(self, chunk: Chunk, *, n_tokens: int, n_sink_tokens: int) -> None:
+        fires = Fires.of(chunk, self.stats.n_latents)
+        self.stats.n_tokens += n_tokens
+        self.stats.n_sink_tokens += n_sink_tokens
+        self.stats.update(chunk, fires, special_ids=self.special_ids)
+        self.top.offer(fires, -fires.pair_max)
+        self.sample.offer(fires, pair_hash(fires.pair_latent, fires.pair_context))
+        self.tokens.update(chunk)
+
+    def merge(self, other: Accumulators) -> None:
+        self.stats.merge(other.stats)
+        self.top.merge(other.top)
+        self.sample.merge(other.sample)
+        self.tokens.merge(other.tokens)

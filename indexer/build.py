@@ -1,0 +1,313 @@
+"""`indexer build`: one pass over the activations, then every latent's dashboard into DuckDB.
+
+Under torchrun each rank reads every world_size-th chunk; rank 0 gathers the accumulators,
+merges them (exactly: see accumulate.py) and writes the index alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from tqdm import tqdm
+
+import sae as sae_package
+from indexer import schema
+from indexer.accumulate import Accumulators
+from indexer.config import BuildConfig
+from indexer.encode import encode_chunk
+from indexer.finalize import assemble
+from indexer.sources import ActivationSource, CacheSource, StreamSource
+from indexer.store import write_index
+from sae.errors import AtlasError
+from sae.evaluate import EVAL_RECORD, sink_limit
+from sae.formats import detect
+from sae.lm import LanguageModel, check_layer, load_config, load_lm
+from sae.model import SparseAutoencoder
+
+DEFAULT_STREAM_TOKENS = 200_000
+
+
+@dataclass(frozen=True)
+class BuildSummary:
+    out: str
+    seconds: float
+    n_tokens: int
+    file_bytes: int
+    metrics: dict[str, Any]
+
+    def lines(self) -> list[str]:
+        m = self.metrics
+        density = m["median_density"]
+        precision, recall = m["median_explanation_precision"], m["median_explanation_recall"]
+        return [
+            f"index {self.out}: {self.file_bytes / 2**20:.1f} MiB, {self.n_tokens:,} tokens "
+            f"in {self.seconds:.1f} s ({self.n_tokens / max(self.seconds, 1e-9):,.0f} tok/s)",
+            f"latents: {m['alive']:,} alive, {m['dead']:,} dead, {m['dense']:,} dense "
+            f"(of {m['n_latents']:,}); median density "
+            + ("-" if density is None else f"{density:.2e}"),
+            f"explanations: {m['explained']:,} latents; median held-out precision "
+            + ("-" if precision is None else f"{precision:.2f}")
+            + ", recall "
+            + ("-" if recall is None else f"{recall:.2f}"),
+        ]
+
+
+def _rank_and_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def build(cfg: BuildConfig, *, progress: bool = True) -> BuildSummary | None:
+    """Build the index at `cfg.out`. Returns the summary on rank 0, None on other ranks."""
+    started = time.perf_counter()
+    out = Path(cfg.out).expanduser()
+    if out.is_dir():
+        raise AtlasError(f"--out {out} is a folder; give the path of a .duckdb file")
+    model = sae_package.load(cfg.sae, device=cfg.device)
+    source, lm = _open_source(cfg, model)
+    limit = _sink_limit(cfg, model, source)
+    rank, world = _rank_and_world()
+    positions = source.token_ids.shape[1] - 1
+    fraction = min(1.0, cfg.token_sample / max(1, len(source.token_ids) * positions))
+    acc = Accumulators.create(
+        n_latents=model.cfg.n_latents,
+        positions=positions,
+        top_examples=cfg.top_examples,
+        quantile_sample=cfg.quantile_sample,
+        sample_fraction=fraction,
+        held_out_fraction=cfg.held_out,
+        special_ids=source.special_ids,
+    )
+    _read_all(acc, model, source, cfg, limit=limit, rank=rank, world=world, progress=progress)
+    merged = _gather(acc, rank=rank, world=world)
+    if merged is None:
+        return None
+    if merged.stats.n_tokens == 0:
+        raise AtlasError(f"{source.provenance.activations}: no token left to index")
+    if lm is None:
+        lm = load_lm(cfg.model or source.provenance.model, device=cfg.device)
+    tables, metrics = assemble(merged, sae=model, lm=lm, source=source, cfg=cfg)
+    seconds = time.perf_counter() - started
+    tables["build"] = _build_row(
+        cfg, model, source, merged, metrics=metrics, limit=limit, seconds=seconds
+    )
+    write_index(out, tables)
+    return BuildSummary(
+        out=str(out),
+        seconds=time.perf_counter() - started,
+        n_tokens=merged.stats.n_tokens,
+        file_bytes=out.stat().st_size,
+        metrics=metrics,
+    )
+
+
+def _open_source(
+    cfg: BuildConfig, model: SparseAutoencoder
+) -> tuple[ActivationSource, LanguageModel | None]:
+    """The cache, or the model over the corpus; checked against the SAE before any work."""
+    if cfg.acts is not None:
+        source: ActivationSource = CacheSource(cfg.acts, max_tokens=cfg.tokens)
+        layer, lm, what = source.provenance.layer, None, cfg.acts
+    else:
+        name = cfg.model or model.cfg.model or "default"
+        wanted = cfg.layer if cfg.layer is not None else model.cfg.layer
+        if wanted is None:
+            raise AtlasError(f"SAE {cfg.sae} does not record its layer: pass --layer or --acts")
+        layer = wanted
+        check_layer(load_config(name), layer, name=name)
+        lm = load_lm(name, device=cfg.device)
+        source = StreamSource(
+            lm,
+            corpus=cfg.corpus,
+            layer=layer,
+            tokens=cfg.tokens or DEFAULT_STREAM_TOKENS,
+            context_length=cfg.context_length,
+            seed=cfg.seed,
+            chunk_contexts=cfg.chunk_contexts,
+        )
+        what = f"model {name}"
+    if source.d_model != model.cfg.d_in:
+        raise AtlasError(
+            f"SAE {cfg.sae} reads {model.cfg.d_in}-wide activations but {what} has "
+            f"d_model {source.d_model}"
+        )
+    if model.cfg.layer is not None and model.cfg.layer != layer:
+        raise AtlasError(
+            f"SAE {cfg.sae} was trained on layer {model.cfg.layer} but {what} holds layer {layer}"
+        )
+    if len(source.token_ids) == 0:
+        raise AtlasError(f"{what}: no contexts to index")
+    return source, lm
+
+
+def _sink_limit(cfg: BuildConfig, model: SparseAutoencoder, source: ActivationSource) -> float:
+    """The SAE's own sink limit when it records one, else a multiple of the data's median."""
+    limit = sink_limit(model)
+    if math.isfinite(limit) or cfg.max_norm_ratio == 0:
+        return limit
+    return cfg.max_norm_ratio * source.median_norm()
+
+
+def _read_all(
+    acc: Accumulators,
+    model: SparseAutoencoder,
+    source: ActivationSource,
+    cfg: BuildConfig,
+    *,
+    limit: float,
+    rank: int,
+    world: int,
+    progress: bool,
+) -> None:
+    """Encode this rank's chunks and accumulate them; the next chunk is read meanwhile."""
+    mine = list(range(rank, source.n_chunks, world))
+    per_context = source.token_ids.shape[1] - 1
+    total = sum(source.chunk_contexts(i) for i in mine) * per_context
+    bar = tqdm(
+        total=total,
+        unit="tok",
+        unit_scale=True,
+        desc="index" if world == 1 else f"index rank {rank}",
+        disable=not progress or rank != 0,
+        smoothing=0.1,
+    )
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        pending = reader.submit(source.chunk, mine[0]) if mine else None
+        for following in [*mine[1:], None]:
+            assert pending is not None
+            first, acts = pending.result()
+            pending = reader.submit(source.chunk, following) if following is not None else None
+            token_ids = np.asarray(source.token_ids[first : first + len(acts)])
+            encoded = encode_chunk(
+                model,
+                acts,
+                token_ids,
+                first_context=first,
+                sink_limit=limit,
+                excluded_ids=source.excluded_ids,
+                batch_tokens=cfg.batch_tokens,
+            )
+            acc.update(
+                encoded.chunk, n_tokens=encoded.n_tokens, n_sink_tokens=encoded.n_sink_tokens
+            )
+            bar.update(acts.shape[0] * acts.shape[1])
+    bar.close()
+
+
+def _gather(acc: Accumulators, *, rank: int, world: int) -> Accumulators | None:
+    """Rank 0 gets every rank's accumulators merged in rank order; the others get None."""
+    if world == 1:
+        return acc
+    import torch.distributed as dist
+
+    gathered: list[Any] | None = [None] * world if rank == 0 else None
+    dist.gather_object(acc, gathered, dst=0)
+    if rank != 0:
+        return None
+    assert gathered is not None
+    merged: Accumulators = gathered[0]
+    for other in gathered[1:]:
+        merged.merge(other)
+    return merged
+
+
+def sae_hash(path: str) -> str:
+    """sha256 over the SAE's files (names and bytes), so an index names the exact weights."""
+    _, target = detect(Path(path).expanduser())
+    files = sorted(p for p in target.rglob("*") if p.is_file()) if target.is_dir() else [target]
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_json(path: Path) -> str | None:
+    try:
+        return json.dumps(json.loads(path.read_text())) if path.is_file() else None
+    except (OSError, ValueError):
+        return None  # an unreadable record is left out, not fatal
+
+
+def _last_training_step(path: Path) -> str | None:
+    try:
+        lines = path.read_text().splitlines() if path.is_file() else []
+        return json.dumps(json.loads(lines[-1])) if lines else None
+    except (OSError, ValueError):
+        return None
+
+
+def _versions() -> dict[str, str]:
+    import duckdb
+    import transformers
+
+    return {
+        "latent_atlas": sae_package.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "duckdb": duckdb.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def _build_row(
+    cfg: BuildConfig,
+    model: SparseAutoencoder,
+    source: ActivationSource,
+    acc: Accumulators,
+    *,
+    metrics: dict[str, Any],
+    limit: float,
+    seconds: float,
+) -> pa.Table:
+    fmt, _ = detect(Path(cfg.sae).expanduser())
+    prov = source.provenance
+    row = {
+        "build_id": 0,
+        "schema_version": schema.SCHEMA_VERSION,
+        "library_version": sae_package.__version__,
+        "model": cfg.model or prov.model,
+        "layer": prov.layer,
+        "hook": prov.hook,
+        "sae_path": str(Path(cfg.sae).expanduser().resolve()),
+        "sae_format": fmt,
+        "sae_hash": sae_hash(cfg.sae),
+        "sae_config": json.dumps(model.cfg.to_dict()),
+        "n_latents": model.cfg.n_latents,
+        "k": model.cfg.k,
+        "d_model": model.cfg.d_in,
+        "corpus": prov.corpus,
+        "activations": prov.activations,
+        "context_length": int(source.token_ids.shape[1]),
+        "n_contexts": len(source.token_ids),
+        "n_tokens": acc.stats.n_tokens,
+        "n_sink_tokens": acc.stats.n_sink_tokens,
+        "sink_norm_limit": limit if math.isfinite(limit) else -1.0,
+        "token_sample_contexts": metrics["token_sample_contexts"],
+        "settings": json.dumps(asdict(cfg)),
+        "versions": json.dumps(_versions()),
+        "metrics": json.dumps(metrics),
+        "sae_eval": _read_json(Path(cfg.sae).expanduser() / EVAL_RECORD),
+        "training": _last_training_step(Path(cfg.sae).expanduser() / "metrics.jsonl"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "seconds": seconds,
+    }
+    return pa.table({key: [value] for key, value in row.items()})

@@ -1,0 +1,127 @@
+"""What fires together, and on which tokens: computed from the token sample.
+
+The token sample holds every token's code in a fixed share of the contexts (all of them for
+small corpora), so these counts are exact on the sample and memory does not grow with the corpus.
+Co-activation is counted a block of latents at a time: never an n x n matrix.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from indexer.geometry import Ranked
+
+
+class FiredCodes(NamedTuple):
+    """The sample's fires, one row per (token, latent) with activation > 0."""
+
+    token: np.ndarray  # (F,) flat token index in the sample
+    latent: np.ndarray  # (F,)
+    activation: np.ndarray  # (F,) float32
+    token_id: np.ndarray  # (F,) the token's vocabulary id
+
+
+def fired_codes(token_ids: np.ndarray, activations: np.ndarray, indices: np.ndarray) -> FiredCodes:
+    """From a sample's tokens (S, T) and codes (S, T-1, k)."""
+    k = activations.shape[-1]
+    acts, idx = activations.reshape(-1, k), indices.reshape(-1, k)  # (M, k)
+    token, slot = np.nonzero(acts > 0)  # (F,)
+    return FiredCodes(
+        token=token,
+        latent=idx[token, slot].astype(np.int64),
+        activation=acts[token, slot],
+        token_id=token_ids[:, 1:].reshape(-1)[token].astype(np.int64),
+    )
+
+
+class Coactivation(NamedTuple):
+    ranked: Ranked  # value = Jaccard index
+    together: np.ndarray  # tokens where both fire
+
+
+@torch.no_grad()
+def coactivations(
+    activations: np.ndarray,
+    indices: np.ndarray,
+    *,
+    n_latents: int,
+    top: int,
+    max_cells: int = 1 << 22,
+) -> Coactivation:
+    """Each latent's most co-active latents by Jaccard index over the sample's tokens.
+
+    Codes (M, k): a token's k slots are its co-members, so the pairs of a block of latents are
+    a gather, and their counts a bincount into a (block, n) array.
+    """
+    k = activations.shape[-1]
+    acts = torch.from_numpy(activations.reshape(-1, k))  # (M, k)
+    idx = torch.from_numpy(indices.reshape(-1, k)).long()
+    fired = acts > 0
+    idx = torch.where(fired, idx, n_latents)  # silent slots point at a spare column
+    fires = torch.bincount(idx[fired], minlength=n_latents)[:n_latents]  # (n,)
+    token, slot = fired.nonzero(as_tuple=True)  # (F,) every fire
+    owner_all = idx[token, slot]
+    block = max(1, max_cells // (n_latents + 1))
+    parts, counts = [], []
+    for first in range(0, n_latents, block):
+        last = min(first + block, n_latents)
+        mine = ((owner_all >= first) & (owner_all < last)).nonzero(as_tuple=True)[0]
+        owner = (owner_all[mine] - first).unsqueeze(1)  # (f, 1)
+        partner = idx[token[mine]]  # (f, k): every latent on the same token
+        cells = (owner * (n_latents + 1) + partner).reshape(-1)
+        both = torch.bincount(cells, minlength=(last - first) * (n_latents + 1))
+        both = both.view(last - first, n_latents + 1)[:, :n_latents].clone()  # (b, n)
+        rows = torch.arange(last - first)
+        both[rows, rows + first] = 0  # a latent with itself
+        union = fires[first:last, None] + fires[None, :] - both
+        jaccard = both / union.clamp(min=1)  # (b, n), 0 where never together
+        best = jaccard.topk(min(top, n_latents - 1), dim=1)  # ties: a fixed order
+        keep = best.values > 0
+        row = rows.unsqueeze(1).expand_as(best.indices)[keep]
+        rank = torch.arange(best.indices.shape[1]).expand_as(best.indices)[keep]
+        other = best.indices[keep]
+        parts.append(
+            Ranked((row + first).numpy(), rank.numpy(), other.numpy(), best.values[keep].numpy())
+        )
+        counts.append(both[row, other].numpy())
+    ranked = Ranked(*(np.concatenate([getattr(p, f) for p in parts]) for f in Ranked._fields))
+    return Coactivation(ranked, np.concatenate(counts))
+
+
+def _rank_in_runs(sorted_keys: np.ndarray) -> np.ndarray:
+    n = len(sorted_keys)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    start = np.r_[True, sorted_keys[1:] != sorted_keys[:-1]]
+    return np.arange(n) - np.maximum.accumulate(np.where(start, np.arange(n), 0))
+
+
+class TokenTable(NamedTuple):
+    """Ranked (key, rank, other) rows with the count and mean activation of each pair."""
+
+    key: np.ndarray
+    rank: np.ndarray
+    other: np.ndarray
+    fires: np.ndarray
+    mean_activation: np.ndarray
+
+
+def token_tables(fired: FiredCodes, *, vocab_size: int, top: int) -> tuple[TokenTable, TokenTable]:
+    """(latent → the tokens it fires on most, token → the latents that fire on it most)."""
+    pair = fired.latent * vocab_size + fired.token_id
+    unique, inverse, count = np.unique(pair, return_inverse=True, return_counts=True)
+    mean = np.bincount(inverse, weights=fired.activation) / count
+    latent, token = unique // vocab_size, unique % vocab_size
+    return _ranked(latent, token, count, mean, top), _ranked(token, latent, count, mean, top)
+
+
+def _ranked(
+    key: np.ndarray, other: np.ndarray, count: np.ndarray, mean: np.ndarray, top: int
+) -> TokenTable:
+    order = np.lexsort((other, -mean, -count, key))
+    rank = _rank_in_runs(key[order])
+    keep = order[rank < top]
+    return TokenTable(key[keep], rank[rank < top], other[keep], count[keep], mean[keep])

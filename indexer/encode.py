@@ -1,0 +1,61 @@
+"""Encode a chunk of cached activations with the SAE into the sparse codes the index reads."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from indexer.accumulate import Chunk
+from sae.model import SparseAutoencoder
+
+
+class EncodedChunk(NamedTuple):
+    """A chunk's codes, with the count of tokens encoded and of attention sinks left out."""
+
+    chunk: Chunk
+    n_tokens: int
+    n_sink_tokens: int
+
+
+@torch.no_grad()
+def encode_chunk(
+    sae: SparseAutoencoder,
+    activations: torch.Tensor,
+    token_ids: np.ndarray,
+    *,
+    first_context: int,
+    sink_limit: float,
+    excluded_ids: np.ndarray,
+    batch_tokens: int,
+) -> EncodedChunk:
+    """Activations (C, T-1, d) of contexts `token_ids` (C, T) → their top-k codes.
+
+    Tokens the harvest excluded and attention sinks (norm above `sink_limit`, which the SAE was
+    not trained on) get no code: every activation 0.
+    """
+    n_ctx, positions, d = activations.shape
+    x = activations.reshape(-1, d)  # (M, d)
+    top_acts = torch.empty(len(x), sae.cfg.k)  # (M, k)
+    top_indices = torch.empty(len(x), sae.cfg.k, dtype=torch.long)
+    sink = torch.empty(len(x), dtype=torch.bool)
+    for start in range(0, len(x), batch_tokens):
+        batch = x[start : start + batch_tokens].to(sae.device, torch.float32)  # (b, d)
+        acts, indices = sae.encode(batch)
+        top_acts[start : start + len(batch)] = acts.cpu()
+        top_indices[start : start + len(batch)] = indices.cpu()
+        sink[start : start + len(batch)] = batch.norm(dim=-1).cpu() > sink_limit
+    valid = ~torch.from_numpy(np.isin(token_ids[:, 1:], excluded_ids)).reshape(-1)  # (M,)
+    top_acts[~valid | sink] = 0.0
+    chunk = Chunk(
+        first_context=first_context,
+        token_ids=np.asarray(token_ids, np.int64),
+        activations=top_acts.view(n_ctx, positions, -1).numpy(),
+        indices=top_indices.view(n_ctx, positions, -1).numpy(),
+    )
+    return EncodedChunk(
+        chunk,
+        n_tokens=int((valid & ~sink).sum()),
+        n_sink_tokens=int((valid & sink).sum()),
+    )

@@ -1,0 +1,200 @@
+"""From the merged accumulators, the SAE and the LM to every table of the index."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from indexer import explain, tables
+from indexer.accumulate import Accumulators
+from indexer.config import BuildConfig
+from indexer.cooccur import coactivations, fired_codes, token_tables
+from indexer.geometry import decoder_neighbours, logit_effects
+from indexer.hashing import held_out
+from indexer.sources import ActivationSource
+from sae.lm import LanguageModel
+from sae.model import SparseAutoencoder
+
+
+def vocabulary(lm: LanguageModel, size: int) -> tuple[list[str], np.ndarray]:
+    """Every token's text (as the tokenizer decodes it alone) and whether it is special."""
+    tokenizer = lm.tokenizer
+    texts = tokenizer.batch_decode([[i] for i in range(size)], clean_up_tokenization_spaces=False)
+    special = np.zeros(size, bool)
+    ids = [i for i in tokenizer.all_special_ids if 0 <= i < size]
+    special[ids] = True
+    return list(texts), special
+
+
+def unembedding(lm: LanguageModel) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The unembedding (V, d) and the final norm's gain (d,), when the model has one."""
+    w_u = lm.model.get_output_embeddings().weight.detach()
+    norm = getattr(getattr(lm.model, "model", None), "norm", None)
+    gain = getattr(norm, "weight", None)
+    return w_u, (gain.detach() if isinstance(gain, torch.Tensor) else None)
+
+
+def assemble(
+    acc: Accumulators,
+    *,
+    sae: SparseAutoencoder,
+    lm: LanguageModel,
+    source: ActivationSource,
+    cfg: BuildConfig,
+) -> tuple[dict[str, pa.Table], dict[str, Any]]:
+    """All tables but `build`, and the numbers the summary and the build row report."""
+    n = sae.cfg.n_latents
+    w_u, gain = unembedding(lm)
+    vocab_size = max(len(w_u), len(lm.tokenizer))
+    texts, special = vocabulary(lm, vocab_size)
+    ids, sample_tokens, sample_acts, sample_indices = acc.tokens.arrays()
+    fired = fired_codes(sample_tokens, sample_acts, sample_indices)
+    latent_tokens, token_latents = token_tables(fired, vocab_size=vocab_size, top=cfg.top_tokens)
+    coactive = coactivations(sample_acts, sample_indices, n_latents=n, top=cfg.coactive)
+    explanations = explain.explain_latents(
+        explain.TokenSample(
+            token_ids=sample_tokens,
+            indices=sample_indices,
+            activations=sample_acts,
+            held_out=held_out(ids, cfg.held_out),
+        ),
+        n_latents=n,
+        vocab=texts,
+        max_patterns=cfg.explanation_patterns,
+    )
+    decoder = sae.W_dec.detach().cpu()
+    promoted, suppressed = logit_effects(
+        decoder, w_u.cpu(), final_norm=None if gain is None else gain.cpu(), top=cfg.logit_tokens
+    )
+    examples_q, bands = tables.quantile_examples(
+        acc.sample.kept(), n_latents=n, bands=cfg.quantile_bands, per_band=cfg.examples_per_band
+    )
+    examples = pa.concat_tables([tables.top_examples(acc.top.kept()), examples_q])
+    explanation_text: list[str | None] = [None] * n
+    precision, recall = np.full(n, np.nan), np.full(n, np.nan)
+    pattern_rows = []
+    for e in explanations:
+        explanation_text[e.latent_id] = e.text
+        precision[e.latent_id] = np.nan if e.precision is None else e.precision
+        recall[e.latent_id] = np.nan if e.recall is None else e.recall
+        pattern_rows.extend(e.patterns)
+    top_token: list[str | None] = [None] * n
+    first = latent_tokens.rank == 0
+    for latent, token in zip(latent_tokens.key[first], latent_tokens.other[first], strict=True):
+        top_token[int(latent)] = texts[int(token)]
+    context_ids = np.unique(examples.column("context_id").to_numpy())
+    out = {
+        "vocab": pa.table(
+            {
+                "token_id": pa.array(np.arange(vocab_size), pa.int32()),
+                "text": texts,
+                "special": special,
+            }
+        ),
+        "contexts": _contexts(source, context_ids),
+        "latents": tables.latents_table(
+            acc.stats,
+            top_token_text=top_token,
+            explanation=explanation_text,
+            precision=precision,
+            recall=recall,
+        ),
+        "examples": examples,
+        "quantile_bands": bands,
+        "activation_histograms": tables.activation_histograms(acc.stats),
+        "density_histogram": tables.density_histogram(acc.stats),
+        "logits": pa.concat_tables(
+            [
+                tables.ranked_table(
+                    promoted,
+                    other="token_id",
+                    value="value",
+                    kind=["promoted"] * len(promoted.latent),
+                ),
+                tables.ranked_table(
+                    suppressed,
+                    other="token_id",
+                    value="value",
+                    kind=["suppressed"] * len(suppressed.latent),
+                ),
+            ]
+        ),
+        "neighbours": tables.ranked_table(
+            decoder_neighbours(decoder, top=cfg.neighbours), other="other_id", value="cosine"
+        ),
+        "coactivations": tables.ranked_table(
+            coactive.ranked, other="other_id", value="jaccard", count=coactive.together
+        ),
+        "latent_tokens": _token_table(latent_tokens, key="latent_id", other="token_id"),
+        "token_latents": _token_table(token_latents, key="token_id", other="latent_id"),
+        "explanation_patterns": _patterns(pattern_rows),
+    }
+    metrics = _metrics(acc, precision, recall, n_sample_contexts=len(ids))
+    metrics["explained"] = len(explanations)
+    return out, metrics
+
+
+def _contexts(source: ActivationSource, context_ids: np.ndarray) -> pa.Table:
+    info = source.context_table(context_ids)
+    tokens = np.asarray(source.token_ids[context_ids], np.int32)
+    return pa.table(
+        {
+            "context_id": pa.array(context_ids, pa.int32()),
+            "doc_id": info.column("doc_id"),
+            "start": info.column("start"),
+            "token_ids": tables.list_array(tokens, pa.int32()),
+        }
+    )
+
+
+def _token_table(table: Any, *, key: str, other: str) -> pa.Table:
+    return pa.table(
+        {
+            key: pa.array(table.key, pa.int32()),
+            "rank": pa.array(table.rank, pa.int32()),
+            other: pa.array(table.other, pa.int32()),
+            "count": table.fires,
+            "mean_activation": table.mean_activation,
+        }
+    )
+
+
+def _patterns(patterns: list[explain.Pattern]) -> pa.Table:
+    return pa.table(
+        {
+            "latent_id": pa.array([p.latent_id for p in patterns], pa.int32()),
+            "rank": pa.array([p.rank for p in patterns], pa.int32()),
+            "pattern": pa.array([p.text for p in patterns], pa.string()),
+            "token_ids": pa.array([list(p.token_ids) for p in patterns], pa.list_(pa.int32())),
+            "precision": pa.array([p.precision for p in patterns], pa.float64()),
+            "recall": pa.array([p.recall for p in patterns], pa.float64()),
+            "n_matches": pa.array([p.n_matches for p in patterns], pa.int64()),
+            "n_hits": pa.array([p.n_hits for p in patterns], pa.int64()),
+        }
+    )
+
+
+def _metrics(
+    acc: Accumulators, precision: np.ndarray, recall: np.ndarray, *, n_sample_contexts: int
+) -> dict[str, Any]:
+    flags = tables.latent_flags(acc.stats)
+    alive = ~flags["dead"]
+    density = flags["density"][alive]
+
+    def median(values: np.ndarray) -> float | None:
+        values = values[np.isfinite(values)]
+        return float(np.median(values)) if len(values) else None
+
+    return {
+        "n_latents": int(acc.stats.n_latents),
+        "alive": int(alive.sum()),
+        "dead": int(flags["dead"].sum()),
+        "dense": int(flags["dense"].sum()),
+        "median_density": median(density),
+        "median_explanation_precision": median(precision),
+        "median_explanation_recall": median(recall),
+        "token_sample_contexts": n_sample_contexts,
+    }

@@ -1,0 +1,111 @@
+"""A chunk's sparse codes, and the (latent, context) pairs in it where a latent fires."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Chunk:
+    """The sparse codes of whole contexts, as the accumulators read them."""
+
+    first_context: int
+    token_ids: np.ndarray  # (C, T) int64, position 0 included
+    activations: np.ndarray  # (C, T-1, k) float32 at positions 1..T-1; 0 = not firing
+    indices: np.ndarray  # (C, T-1, k) int64
+
+
+@dataclass
+class Fires:
+    """Every (token, latent) pair of a chunk where the latent fires, and per-context maxima.
+
+    Pairs (latent, context) are found through a dense (n, C) grid rather than a sort: scatters
+    into it cost O(fires), and its rows give each latent's best pairs of the chunk by top-k.
+    """
+
+    n_latents: int
+    n_contexts: int  # C, contexts in the chunk
+    positions: int  # T-1
+    cell: np.ndarray  # (E,) latent * C + local context of every fire
+    flat: np.ndarray  # (E,) the fire's local context * (T-1) + position
+    activation: np.ndarray  # (E,) float32
+    pair_cell: np.ndarray  # (P,) one entry per (latent, context) with a fire, ascending
+    pair_latent: np.ndarray  # (P,)
+    pair_context: np.ndarray  # (P,) global context id
+    pair_max: np.ndarray  # (P,) float32 the latent's largest activation in that context
+
+    @property
+    def latent(self) -> np.ndarray:
+        return self.cell // self.n_contexts
+
+    @property
+    def context(self) -> np.ndarray:
+        return self.cell % self.n_contexts
+
+    @property
+    def position(self) -> np.ndarray:
+        return self.flat % self.positions
+
+    @classmethod
+    def of(cls, chunk: Chunk, n_latents: int) -> Fires:
+        n_ctx, positions, k = chunk.activations.shape
+        acts = chunk.activations.reshape(-1)  # (C * (T-1) * k,)
+        fired = np.flatnonzero(acts > 0)  # (E,)
+        act = acts[fired]
+        flat = fired // k  # context * (T-1) + position
+        cell = chunk.indices.reshape(-1)[fired] * n_ctx + flat // positions  # (E,)
+        grid = torch.zeros(n_latents * n_ctx).scatter_reduce_(
+            0, torch.from_numpy(cell), torch.from_numpy(act), "amax"
+        )  # (n * C,)
+        pair_cell = grid.nonzero().squeeze(1)  # (P,) ascending: by latent, then context
+        cells = pair_cell.numpy()
+        return cls(
+            n_latents=n_latents,
+            n_contexts=n_ctx,
+            positions=positions,
+            cell=cell,
+            flat=flat,
+            activation=act,
+            pair_cell=cells,
+            pair_latent=cells // n_ctx,
+            pair_context=chunk.first_context + cells % n_ctx,
+            pair_max=grid[pair_cell].numpy(),
+        )
+
+    def kth_smallest(self, order: np.ndarray, k: int) -> np.ndarray:
+        """(n,) each latent's k-th smallest `order` (P,) among its pairs here, else the max."""
+        if order.dtype == np.uint64:  # flip the top bit: signed order = unsigned order
+            values = torch.from_numpy((order ^ np.uint64(1 << 63)).view(np.int64))
+            fill: float | int = torch.iinfo(torch.int64).max
+        else:
+            values, fill = torch.from_numpy(order), float("inf")
+        grid = torch.full((self.n_latents * self.n_contexts,), fill, dtype=values.dtype)
+        grid[torch.from_numpy(self.pair_cell)] = values
+        k = min(k, self.n_contexts)
+        kth = grid.view(self.n_latents, -1).topk(k, dim=1, largest=False).values[:, -1].numpy()
+        if order.dtype == np.uint64:
+            return kth.view(np.uint64) ^ np.uint64(1 << 63)
+        return kth
+
+    def rows(self, pairs: np.ndarray) -> np.ndarray:
+        """(len(pairs), T-1) float32: each pair's latent on every token of its context."""
+        slot = np.zeros(self.n_latents * self.n_contexts, np.int32)
+        slot[self.pair_cell[pairs]] = np.arange(1, len(pairs) + 1)
+        row = slot[self.cell] - 1  # (E,) the row a fire belongs to, -1 if none
+        keep = row >= 0
+        out = np.zeros((len(pairs), self.positions), np.float32)
+        out[row[keep], self.flat[keep] % self.positions] = self.activation[keep]
+        return out
+
+
+def rank_in_runs(sorted_keys: np.ndarray) -> np.ndarray:
+    """0, 1, 2, ... within each run of equal keys of a sorted array."""
+    n = len(sorted_keys)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    start = np.r_[True, sorted_keys[1:] != sorted_keys[:-1]]
+    first = np.maximum.accumulate(np.where(start, np.arange(n), 0))
+    return np.arange(n) - first

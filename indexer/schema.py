@@ -1,0 +1,208 @@
+"""The index's tables, defined once: `indexer build` writes them, the app reads them.
+
+The index is a DuckDB file that people also query with SQL, so the core tables (`build`,
+`contexts`, `vocab`, `latents`, `examples`) are a documented interface (README, "The index").
+Conventions: a context's `token_ids` include position 0; `position` counts from 0 in that list;
+an example's `activations` hold the latent's activation on every token of its context (0 at
+position 0, which is never encoded). Densities are fractions of the indexed tokens.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+SCHEMA_VERSION = 1
+metadata = sa.MetaData()
+
+
+def _id(name: str) -> sa.Column:
+    # DuckDB rejects the SERIAL that an autoincrementing integer key would emit.
+    return sa.Column(name, sa.Integer, primary_key=True, autoincrement=False)
+
+
+build = sa.Table(
+    "build",
+    metadata,
+    _id("build_id"),
+    sa.Column("schema_version", sa.Integer, nullable=False),
+    sa.Column("library_version", sa.String, nullable=False),
+    sa.Column("model", sa.String, nullable=False),
+    sa.Column("layer", sa.Integer, nullable=False),
+    sa.Column("hook", sa.String, nullable=False),
+    sa.Column("sae_path", sa.String, nullable=False),
+    sa.Column("sae_format", sa.String, nullable=False),
+    sa.Column("sae_hash", sa.String, nullable=False),  # sha256 of the SAE's weight file(s)
+    sa.Column("sae_config", sa.JSON, nullable=False),
+    sa.Column("n_latents", sa.Integer, nullable=False),
+    sa.Column("k", sa.Integer, nullable=False),
+    sa.Column("d_model", sa.Integer, nullable=False),
+    sa.Column("corpus", sa.String, nullable=False),
+    sa.Column("activations", sa.String, nullable=False),  # the cache folder, or "streamed"
+    sa.Column("context_length", sa.Integer, nullable=False),
+    sa.Column("n_contexts", sa.BigInteger, nullable=False),
+    sa.Column("n_tokens", sa.BigInteger, nullable=False),  # tokens encoded (sinks excluded)
+    sa.Column("n_sink_tokens", sa.BigInteger, nullable=False),
+    sa.Column("sink_norm_limit", sa.Float, nullable=False),
+    sa.Column("token_sample_contexts", sa.Integer, nullable=False),
+    sa.Column("settings", sa.JSON, nullable=False),
+    sa.Column("versions", sa.JSON, nullable=False),
+    sa.Column("metrics", sa.JSON, nullable=False),  # the index's own summary numbers
+    sa.Column("sae_eval", sa.JSON),  # `sae eval` of this SAE (its eval.json), when recorded
+    sa.Column("training", sa.JSON),  # the last training step (metrics.jsonl), when recorded
+    sa.Column("created_at", sa.String, nullable=False),
+    sa.Column("seconds", sa.Float, nullable=False),
+)
+
+contexts = sa.Table(
+    "contexts",
+    metadata,
+    _id("context_id"),
+    sa.Column("doc_id", sa.String, nullable=False),
+    sa.Column("start", sa.BigInteger, nullable=False),  # token offset in the packed corpus
+    sa.Column("token_ids", sa.ARRAY(sa.Integer), nullable=False),
+)
+
+vocab = sa.Table(
+    "vocab",
+    metadata,
+    _id("token_id"),
+    sa.Column("text", sa.String, nullable=False),
+    sa.Column("special", sa.Boolean, nullable=False),
+)
+
+latents = sa.Table(
+    "latents",
+    metadata,
+    _id("latent_id"),
+    sa.Column("n_fires", sa.BigInteger, nullable=False),
+    sa.Column("n_contexts", sa.BigInteger, nullable=False),  # contexts it fires in
+    sa.Column("density", sa.Float, nullable=False),
+    sa.Column("log10_density", sa.Float),  # NULL when dead
+    sa.Column("mean_activation", sa.Float),  # over the tokens it fires on; NULL when dead
+    sa.Column("max_activation", sa.Float),
+    sa.Column("dead", sa.Boolean, nullable=False),
+    sa.Column("dense", sa.Boolean, nullable=False),
+    sa.Column("special_share", sa.Float),  # share of its fires on special tokens
+    sa.Column("repeat_share", sa.Float),  # share of its fires on a token equal to the previous
+    sa.Column("flags", sa.String, nullable=False),  # space-separated: dead dense special repeat
+    sa.Column("top_token_text", sa.String),  # the token it fires on most, for lists and search
+    sa.Column("explanation", sa.String),
+    sa.Column("explanation_precision", sa.Float),
+    sa.Column("explanation_recall", sa.Float),
+)
+
+examples = sa.Table(
+    "examples",
+    metadata,
+    sa.Column("latent_id", sa.Integer, nullable=False),
+    sa.Column("kind", sa.String, nullable=False),  # 'top' or 'quantile'
+    sa.Column("rank", sa.Integer, nullable=False),  # 0 = strongest (top) / lowest (in a band)
+    sa.Column("band", sa.Integer),  # quantile band, 0 = lowest activations; NULL for top
+    sa.Column("context_id", sa.Integer, nullable=False),
+    sa.Column("position", sa.Integer, nullable=False),  # where the activation is largest
+    sa.Column("activation", sa.Float, nullable=False),  # its largest activation in the context
+    sa.Column("activations", sa.ARRAY(sa.Float), nullable=False),
+)
+
+quantile_bands = sa.Table(
+    "quantile_bands",
+    metadata,
+    sa.Column("latent_id", sa.Integer, nullable=False),
+    sa.Column("band", sa.Integer, nullable=False),
+    sa.Column("rank_from", sa.Float, nullable=False),  # rank quantile range, e.g. 0.9 .. 1.0
+    sa.Column("rank_to", sa.Float, nullable=False),
+    sa.Column("min_activation", sa.Float, nullable=False),
+    sa.Column("max_activation", sa.Float, nullable=False),
+)
+
+activation_histograms = sa.Table(
+    "activation_histograms",
+    metadata,
+    sa.Column("latent_id", sa.Integer, nullable=False),
+    sa.Column("lower", sa.Float, nullable=False),  # log-spaced bins; only non-empty ones
+    sa.Column("upper", sa.Float, nullable=False),
+    sa.Column("count", sa.BigInteger, nullable=False),
+)
+
+density_histogram = sa.Table(
+    "density_histogram",
+    metadata,
+    sa.Column("lower", sa.Float, nullable=False),  # log10 density
+    sa.Column("upper", sa.Float, nullable=False),
+    sa.Column("n_latents", sa.Integer, nullable=False),
+)
+
+logits = sa.Table(
+    "logits",
+    metadata,
+    sa.Column("latent_id", sa.Integer, nullable=False),
+    sa.Column("kind", sa.String, nullable=False),  # 'promoted' or 'suppressed'
+    sa.Column("rank", sa.Integer, nullable=False),
+    sa.Column("token_id", sa.Integer, nullable=False),
+    sa.Column("value", sa.Float, nullable=False),  # unembedding of the decoder direction
+)
+
+neighbours = sa.Table(
+    "neighbours",
+    metadata,
+    sa.Column("latent_id", sa.Integer, nullable=False),
+    sa.Column("rank", sa.Integer, nullable=False),
+    sa.Column("other_id", sa.Integer, nullable=False),
+    sa.Column("cosine", sa.Float, nullable=False),  # between decoder directions
+)
+
+coactivations = sa.Table(
+    "coactivations",
+    metadata,
+    sa.Column("latent_id", sa.Integer, nullable=False),
+    sa.Column("rank", sa.Integer, nullable=False),
+    sa.Column("other_id", sa.Integer, nullable=False),
+    sa.Column("count", sa.BigInteger, nullable=False),  # tokens of the sample where both fire
+    sa.Column("jaccard", sa.Float, nullable=False),
+)
+
+latent_tokens = sa.Table(
+    "latent_tokens",
+    metadata,
+    sa.Column("latent_id", sa.Integer, nullable=False),
+    sa.Column("rank", sa.Integer, nullable=False),
+    sa.Column("token_id", sa.Integer, nullable=False),
+    sa.Column("count", sa.BigInteger, nullable=False),  # fires on this token, in the sample
+    sa.Column("mean_activation", sa.Float, nullable=False),
+)
+
+token_latents = sa.Table(
+    "token_latents",
+    metadata,
+    sa.Column("token_id", sa.Integer, nullable=False),
+    sa.Column("rank", sa.Integer, nullable=False),
+    sa.Column("latent_id", sa.Integer, nullable=False),
+    sa.Column("count", sa.BigInteger, nullable=False),
+    sa.Column("mean_activation", sa.Float, nullable=False),
+)
+
+explanation_patterns = sa.Table(
+    "explanation_patterns",
+    metadata,
+    sa.Column("latent_id", sa.Integer, nullable=False),
+    sa.Column("rank", sa.Integer, nullable=False),
+    sa.Column("pattern", sa.String, nullable=False),
+    sa.Column("token_ids", sa.ARRAY(sa.Integer), nullable=False),
+    sa.Column("precision", sa.Float),  # on held-out contexts; NULL when it never matches there
+    sa.Column("recall", sa.Float),
+    sa.Column("n_matches", sa.BigInteger, nullable=False),
+    sa.Column("n_hits", sa.BigInteger, nullable=False),
+)
+
+# Lookups the app makes on every latent page.
+INDEXES = [
+    ("examples", "latent_id"),
+    ("activation_histograms", "latent_id"),
+    ("quantile_bands", "latent_id"),
+    ("logits", "latent_id"),
+    ("neighbours", "latent_id"),
+    ("coactivations", "latent_id"),
+    ("latent_tokens", "latent_id"),
+    ("token_latents", "token_id"),
+    ("explanation_patterns", "latent_id"),
+]

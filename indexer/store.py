@@ -1,0 +1,89 @@
+"""Write the index: all tables into a temporary DuckDB file, renamed into place at the end.
+
+A killed build leaves at most a stray temporary file (removed by the next build of the same
+output) and never touches the index already at `out`, which the app may be serving.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import sqlalchemy as sa
+
+from indexer import schema
+
+
+def temporary_path(out: Path) -> Path:
+    return out.with_name(f".{out.name}.building-{os.getpid()}")
+
+
+def remove_stale(out: Path) -> None:
+    """Temporary files of earlier builds of `out` that were killed."""
+    for stale in out.parent.glob(f".{out.name}.building-*"):
+        pid = stale.name.rsplit("-", 1)[-1].split(".")[0]
+        if pid.isdigit() and _alive(int(pid)) and int(pid) != os.getpid():
+            continue  # another build of the same file is running right now
+        stale.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def write_index(out: Path, tables: dict[str, pa.Table]) -> None:
+    """Create every table of `schema`, bulk-load `tables` into them, rename into `out`."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(out)
+    tmp = temporary_path(out)
+    tmp.unlink(missing_ok=True)
+    try:
+        _write(tmp, tables)
+    except BaseException:  # interrupted: nothing half-written stays behind
+        tmp.unlink(missing_ok=True)
+        tmp.with_name(tmp.name + ".wal").unlink(missing_ok=True)
+        raise
+    os.replace(tmp, out)
+
+
+def _write(path: Path, tables: dict[str, pa.Table]) -> None:
+    engine = sa.create_engine(f"duckdb:///{path}")
+    try:
+        schema.metadata.create_all(engine)
+        raw = engine.raw_connection()
+        try:
+            connection: Any = raw.driver_connection
+            for name, table in tables.items():
+                _insert(connection, name, table)
+            for table_name, column in schema.INDEXES:
+                connection.execute(
+                    f"CREATE INDEX idx_{table_name}_{column} ON {table_name} ({column})"
+                )
+            connection.execute("CHECKPOINT")
+        finally:
+            raw.close()
+    finally:
+        engine.dispose()
+
+
+def _insert(connection: Any, name: str, table: pa.Table) -> None:
+    """Bulk insert through DuckDB's Arrow scan, by column name."""
+    known = {c.name for c in schema.metadata.tables[name].columns}
+    unknown = set(table.column_names) - known
+    if unknown:
+        raise ValueError(f"table {name}: no column(s) {', '.join(sorted(unknown))}")
+    columns = ", ".join(f'"{c}"' for c in table.column_names)
+    view = f"incoming_{name}"
+    connection.register(view, table)
+    try:
+        connection.execute(f"INSERT INTO {name} ({columns}) SELECT {columns} FROM {view}")
+    finally:
+        connection.unregister(view)
