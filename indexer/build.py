@@ -11,7 +11,7 @@ import json
 import math
 import platform
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -93,14 +93,23 @@ def build(cfg: BuildConfig, *, progress: bool = True) -> BuildSummary | None:
         held_out_fraction=cfg.held_out,
         special_ids=source.special_ids,
     )
-    _read_all(acc, model, source, cfg, limit=limit, rank=rank, world=world, progress=progress)
-    merged = _gather(acc, rank=rank, world=world)
-    if merged is None:
-        return None
-    if merged.stats.n_tokens == 0:
-        raise AtlasError(f"{source.provenance.activations}: no token left to index")
-    if lm is None:
-        lm = load_lm(cfg.model or source.provenance.model, device=cfg.device)
+    with ThreadPoolExecutor(max_workers=1) as loader:
+        # Rank 0 needs the LM only at the end (token texts, unembedding): load it meanwhile.
+        pending_lm = None
+        if lm is None and rank == 0:
+            if cfg.model:
+                load_config(cfg.model)  # a mistyped --model fails now, not after the pass
+            name = cfg.model or source.provenance.model  # the cache's own model ran before
+            pending_lm = loader.submit(load_lm, name, device=cfg.device)
+        _read_all(acc, model, source, cfg, limit=limit, rank=rank, world=world, progress=progress)
+        merged = _gather(acc, rank=rank, world=world)
+        if merged is None:
+            return None
+        if merged.stats.n_tokens == 0:
+            raise AtlasError(f"{source.provenance.activations}: no token left to index")
+        if pending_lm is not None:
+            lm = pending_lm.result()
+    assert lm is not None
     tables, metrics = assemble(merged, sae=model, lm=lm, source=source, cfg=cfg)
     seconds = time.perf_counter() - started
     tables["build"] = _build_row(
@@ -186,8 +195,11 @@ def _read_all(
         disable=not progress or rank != 0,
         smoothing=0.1,
     )
-    with ThreadPoolExecutor(max_workers=1) as reader:
+    # Three stages overlap: reading chunk i+1, encoding chunk i (torch, both cores), and
+    # accumulating chunk i-1 (mostly numpy, one core). One chunk waits at each stage at most.
+    with ThreadPoolExecutor(max_workers=1) as reader, ThreadPoolExecutor(max_workers=1) as adder:
         pending = reader.submit(source.chunk, mine[0]) if mine else None
+        adding: Future[None] | None = None
         for following in [*mine[1:], None]:
             assert pending is not None
             first, acts = pending.result()
@@ -202,10 +214,17 @@ def _read_all(
                 excluded_ids=source.excluded_ids,
                 batch_tokens=cfg.batch_tokens,
             )
-            acc.update(
-                encoded.chunk, n_tokens=encoded.n_tokens, n_sink_tokens=encoded.n_sink_tokens
+            if adding is not None:
+                adding.result()  # accumulators take chunks in order, one at a time
+            adding = adder.submit(
+                acc.update,
+                encoded.chunk,
+                n_tokens=encoded.n_tokens,
+                n_sink_tokens=encoded.n_sink_tokens,
             )
             bar.update(acts.shape[0] * acts.shape[1])
+        if adding is not None:
+            adding.result()
     bar.close()
 
 

@@ -35,8 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from indexer.build import build
     from indexer.config import BuildConfig
-    from sae.cli import distributed
+    from sae.cli import distributed, quiet_transformers
 
+    quiet_transformers()
     try:
         cfg = config_from_arguments(BuildConfig, args)
         with distributed():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -12,7 +13,7 @@ from indexer import explain, tables
 from indexer.accumulate import Accumulators
 from indexer.config import BuildConfig
 from indexer.cooccur import coactivations, fired_codes, token_tables
-from indexer.geometry import decoder_neighbours, logit_effects
+from indexer.geometry import Ranked, decoder_neighbours, logit_effects
 from indexer.hashing import held_out
 from indexer.sources import ActivationSource
 from sae.lm import LanguageModel
@@ -49,26 +50,32 @@ def assemble(
     n = sae.cfg.n_latents
     w_u, gain = unembedding(lm)
     vocab_size = max(len(w_u), len(lm.tokenizer))
-    texts, special = vocabulary(lm, vocab_size)
     ids, sample_tokens, sample_acts, sample_indices = acc.tokens.arrays()
-    fired = fired_codes(sample_tokens, sample_acts, sample_indices)
-    latent_tokens, token_latents = token_tables(fired, vocab_size=vocab_size, top=cfg.top_tokens)
-    coactive = coactivations(sample_acts, sample_indices, n_latents=n, top=cfg.coactive)
-    explanations = explain.explain_latents(
-        explain.TokenSample(
-            token_ids=sample_tokens,
-            indices=sample_indices,
-            activations=sample_acts,
-            held_out=held_out(ids, cfg.held_out),
-        ),
-        n_latents=n,
-        vocab=texts,
-        max_patterns=cfg.explanation_patterns,
-    )
-    decoder = sae.W_dec.detach().cpu()
-    promoted, suppressed = logit_effects(
-        decoder, w_u.cpu(), final_norm=None if gain is None else gain.cpu(), top=cfg.logit_tokens
-    )
+    # Independent steps run side by side: the GEMMs use both cores, the counting mostly one.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        vocab_job = pool.submit(vocabulary, lm, vocab_size)
+        coactive_job = pool.submit(
+            coactivations, sample_acts, sample_indices, n_latents=n, top=cfg.coactive
+        )
+        weights_job = pool.submit(_weight_tables, sae, w_u, gain, cfg)
+        fired = fired_codes(sample_tokens, sample_acts, sample_indices)
+        latent_tokens, token_latents = token_tables(
+            fired, vocab_size=vocab_size, top=cfg.top_tokens
+        )
+        texts, special = vocab_job.result()
+        explanations = explain.explain_latents(
+            explain.TokenSample(
+                token_ids=sample_tokens,
+                indices=sample_indices,
+                activations=sample_acts,
+                held_out=held_out(ids, cfg.held_out),
+            ),
+            n_latents=n,
+            vocab=texts,
+            max_patterns=cfg.explanation_patterns,
+        )
+        coactive = coactive_job.result()
+        promoted, suppressed, near = weights_job.result()
     examples_q, bands = tables.quantile_examples(
         acc.sample.kept(), n_latents=n, bands=cfg.quantile_bands, per_band=cfg.examples_per_band
     )
@@ -122,9 +129,7 @@ def assemble(
                 ),
             ]
         ),
-        "neighbours": tables.ranked_table(
-            decoder_neighbours(decoder, top=cfg.neighbours), other="other_id", value="cosine"
-        ),
+        "neighbours": tables.ranked_table(near, other="other_id", value="cosine"),
         "coactivations": tables.ranked_table(
             coactive.ranked, other="other_id", value="jaccard", count=coactive.together
         ),
@@ -135,6 +140,17 @@ def assemble(
     metrics = _metrics(acc, precision, recall, n_sample_contexts=len(ids))
     metrics["explained"] = len(explanations)
     return out, metrics
+
+
+def _weight_tables(
+    sae: SparseAutoencoder, w_u: torch.Tensor, gain: torch.Tensor | None, cfg: BuildConfig
+) -> tuple[Ranked, Ranked, Ranked]:
+    """Logit effects (promoted, suppressed) and decoder neighbours: the weights alone."""
+    decoder = sae.W_dec.detach().cpu()
+    promoted, suppressed = logit_effects(
+        decoder, w_u.cpu(), final_norm=None if gain is None else gain.cpu(), top=cfg.logit_tokens
+    )
+    return promoted, suppressed, decoder_neighbours(decoder, top=cfg.neighbours)
 
 
 def _contexts(source: ActivationSource, context_ids: np.ndarray) -> pa.Table:

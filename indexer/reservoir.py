@@ -67,9 +67,17 @@ class Reservoir:
         self._update_bound()
 
     def offer(self, fires: Fires, order: np.ndarray) -> None:
-        """Let a chunk's pairs, ordered by `order` (P,), compete for the places."""
-        limit = np.minimum(self.bound, fires.kth_smallest(order, self.capacity))  # (n,)
-        pairs = np.flatnonzero(order <= limit[fires.pair_latent])  # a superset of the winners
+        """Let a chunk's pairs, ordered by `order` (P,), compete for the places.
+
+        Candidates are the pairs no worse than the latent's worst kept pair and, when that
+        leaves many, than its `capacity`-th best pair of this chunk.
+        """
+        pairs = np.flatnonzero(order <= self.bound[fires.pair_latent])  # a superset of winners
+        if len(pairs) > self.n_latents * self.capacity:
+            # Early chunks: most pairs pass the bound. At most `capacity` per latent can win,
+            # so cut to each latent's best `capacity` of this chunk before building rows.
+            limit = fires.kth_smallest(order, self.capacity)[fires.pair_latent[pairs]]
+            pairs = pairs[order[pairs] <= limit]
         if len(pairs) == 0:
             return
         rows = fires.rows(pairs)  # (m, T-1) float32
