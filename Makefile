@@ -11,10 +11,12 @@ RUN ?= runs/demo
 
 BENCH_RUN ?= runs/bench
 
-.PHONY: help setup system demo test lint typecheck pytest bench bench-index check-peers clean
+.PHONY: help setup system chromium demo demo-index test lint typecheck pytest bench bench-index \
+	bench-serve check-peers clean
 
 help:
-	@echo "make demo   harvest activations of the default model, train an SAE on them, evaluate and index it"
+	@echo "make demo   harvest activations of the default model, train an SAE on them, evaluate and"
+	@echo "            index it, then serve the browser over the index"
 	@echo "make test   install everything, then lint, type-check and run the test suite"
 	@echo "make bench  run the benchmarks in bench/ (ratios side by side)"
 
@@ -35,12 +37,38 @@ system:
 	@if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] \
 		&& ! apt-cache show python3.11-doc >/dev/null 2>&1; then apt-get update -qq; fi
 
+# htmx for the browser, from the npm registry at install time: pages never load it from a CDN,
+# and the app warns (pages still work as plain links and forms) when it is missing.
+HTMX_VERSION ?= 2.0.11
+HTMX := static/vendor/htmx.min.js
+$(HTMX):
+	@mkdir -p $(@D)
+	@if command -v npm >/dev/null 2>&1; then \
+		tmp=$$(mktemp -d) && (cd $$tmp && npm pack --silent htmx.org@$(HTMX_VERSION) >/dev/null) \
+		&& tar -xzf $$tmp/htmx.org-$(HTMX_VERSION).tgz -C $$tmp package/dist/htmx.min.js \
+		&& cp $$tmp/package/dist/htmx.min.js $@.tmp && mv $@.tmp $@; rm -rf $$tmp; \
+	else echo "warning: npm not found: $@ not vendored (the browser works without htmx)"; fi
+
+# Debian's chromium for the headless browser test (Playwright's own browser download fails here).
+chromium:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && apt-get install -y -qq chromium; \
+		else echo "warning: chromium is missing and cannot be installed here (needs root)"; fi; \
+	fi
+
 # Convert the default model to safetensors and fetch the default corpus into the cache, once.
-setup: system $(VENV)/.installed
+setup: system $(VENV)/.installed $(HTMX) chromium
 	$(BIN)/sae fetch --model default --corpus pydocs
 
 # Each step is idempotent: a rerun finds the complete cache and the finished run and goes on.
-demo: setup
+# `make demo` ends by serving the index (it runs until Ctrl-C); other targets that need the
+# demo's artifacts depend on demo-index, which stops before serving.
+demo: demo-index
+	@echo "Open http://127.0.0.1:8000/ (Ctrl-C stops the server)"
+	$(BIN)/atlas serve --index $(RUN)/index.duckdb
+
+demo-index: setup
 	$(BIN)/sae harvest --model default --layer 15 --corpus pydocs --tokens $(TOKENS) \
 		--context-length 64 --out $(RUN)/acts
 	$(BIN)/sae train --acts $(RUN)/acts --latents $(LATENTS) --k 32 --tokens $(TRAIN_TOKENS) \
@@ -64,9 +92,14 @@ bench: setup bench-index
 	$(BIN)/python bench/harvest.py
 	$(BIN)/python bench/train.py
 
+# Latent-page and search latency under 16 clients next to a static file of the same size.
+bench-serve: setup
+	@test -f $(RUN)/index.duckdb || $(MAKE) demo-index
+	$(BIN)/python bench/serve.py --index $(RUN)/index.duckdb
+
 # `indexer build` vs reading + encoding the same 1M activations, and its peak RSS at 250k vs 1M:
 # needs the demo's SAE and a 1M-token cache of the same layer (harvested once, ~17 min).
-bench-index: demo
+bench-index: demo-index
 	$(BIN)/sae harvest --model default --layer 15 --corpus pydocs --tokens 1000000 \
 		--context-length 64 --out $(BENCH_RUN)/acts
 	$(BIN)/python bench/index.py --acts $(BENCH_RUN)/acts --sae $(RUN)/sae

@@ -130,3 +130,104 @@ def tiny_sae(
     out = tmp_path_factory.mktemp("tiny-sae") / "sae"
     model.save(out)
     return out
+
+
+# --- the feature browser (app/): tiny indexes built by the real indexer ----------------------
+
+from collections.abc import Iterator  # noqa: E402
+from typing import Any  # noqa: E402
+
+HOSTILE_TEXT = (
+    '<script>alert("x")</script> O\'Brien said "hi" & <b>bold</b> </textarea><img src=x '
+    "onerror=alert(1)> {{ 7*7 }} ' OR 1=1 -- "
+)
+
+
+def _index_tiny(sae_folder: Path, acts: Path, out: Path) -> Path:
+    from indexer.build import build
+    from indexer.config import BuildConfig
+
+    cfg = BuildConfig(
+        sae=str(sae_folder),
+        acts=str(acts),
+        out=str(out),
+        top_examples=5,
+        quantile_bands=4,
+        examples_per_band=2,
+        batch_tokens=512,
+    )
+    build(cfg, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def app_index(tmp_path_factory: pytest.TempPathFactory, tiny_sae: Path, tiny_cache: Path) -> Path:
+    """The tiny SAE over the tiny cache, indexed: 64 latents, 128 contexts of 17 tokens."""
+    return _index_tiny(tiny_sae, tiny_cache, tmp_path_factory.mktemp("app-index") / "i.duckdb")
+
+
+@pytest.fixture(scope="session")
+def hostile_index(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """An index whose corpus is markup and quotes: every token string is hostile input."""
+    from sae.cache import ActivationCache
+    from sae.config import SaeConfig
+    from sae.harvest import HarvestConfig, harvest
+    from sae.model import SparseAutoencoder
+
+    root = tmp_path_factory.mktemp("hostile")
+    corpus = root / "hostile.txt"
+    corpus.write_text(HOSTILE_TEXT * 40)
+    acts = root / "acts"
+    harvest(
+        HarvestConfig(
+            out=str(acts),
+            model=str(tiny_model_dir),
+            corpus=str(corpus),
+            layer=2,
+            tokens=512,
+            context_length=17,
+            shard_contexts=32,
+            dtype="float32",
+        ),
+        progress=False,
+    )
+    sample = torch.cat([a.flatten(0, 1) for _, a in ActivationCache(acts).shards()]).float()
+    model = SparseAutoencoder(
+        SaeConfig(d_in=32, n_latents=16, k=4, layer=2, model=str(tiny_model_dir))
+    )
+    model.init_from_data(sample)
+    model.save(root / "sae")
+    return _index_tiny(root / "sae", acts, root / "index.duckdb")
+
+
+@pytest.fixture(scope="session")
+def app_client(app_index: Path) -> Iterator[Any]:
+    """The ASGI app over `app_index`, driven in-process (no socket)."""
+    from starlette.testclient import TestClient
+
+    from app.main import create_app
+    from app.settings import AppSettings
+
+    settings = AppSettings(index=app_index, max_live_chars=300, max_page_size=100)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def app_sql(app_client: Any) -> Any:
+    """Run SQL on `app_index` through the app's own engine (DuckDB refuses a second
+    connection to one file with another configuration in the same process)."""
+
+    def run(sql: str) -> list[tuple[Any, ...]]:
+        with app_client.app.state.db.engine.connect() as connection:
+            return [tuple(row) for row in connection.exec_driver_sql(sql).fetchall()]
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def api_schema(app_client: Any) -> Any:
+    """The app's OpenAPI document loaded by schemathesis, calling the ASGI app in-process."""
+    import schemathesis
+
+    return schemathesis.openapi.from_asgi("/openapi.json", app_client.app)

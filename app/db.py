@@ -1,0 +1,159 @@
+"""Read-only access to an index: every query the app makes lives here.
+
+Queries are SQLAlchemy Core statements over the tables of `indexer/schema.py`, executed
+through duckdb-engine on a read-only DuckDB connection; values always travel as bound
+parameters, and every list query carries a row cap. Each call takes its own pooled
+connection (DuckDB connections are not shared between threads). Results are the
+dataclasses of `app/records.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import RowMapping
+
+from app import db_detail, db_search
+from app import records as r
+from app.db_rows import SORT_COLUMNS, latent_filters, summary
+from app.errors import AtlasAppError
+from indexer import schema as s
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def open_engine(path: Path) -> sa.Engine:
+    """A read-only engine on `path`, checked to be an index; a clear error otherwise."""
+    if path.is_dir():
+        raise AtlasAppError(f"{path} is a folder; give the index's .duckdb file", status=500)
+    if not path.is_file():
+        raise AtlasAppError(f"index file {path} does not exist", status=500)
+    url = sa.engine.URL.create("duckdb", database=str(path))  # any character in the name
+    engine = sa.create_engine(url, connect_args={"read_only": True})
+    try:
+        with engine.connect() as connection:
+            connection.execute(sa.select(s.build.c.schema_version).limit(1)).all()
+    except Exception as exc:
+        engine.dispose()
+        cause = getattr(exc, "orig", None) or exc  # the driver's own message, not SQLAlchemy's
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(exc).__name__
+        raise AtlasAppError(
+            f"{path} is not a readable Latent Atlas index (built by `indexer build`): {first}",
+            status=500,
+        ) from None
+    return engine
+
+
+class IndexDB:
+    """The index behind the app: build row and vocabulary cached, everything else queried."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.engine = open_engine(path)
+        self.build = self._read_build()
+        self._vocab: list[str] | None = None
+        self._vocab_lock = threading.Lock()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _rows(self, statement: sa.Executable) -> Sequence[RowMapping]:
+        with self.engine.connect() as connection:
+            return connection.execute(statement).mappings().all()
+
+    def _read_build(self) -> r.BuildInfo:
+        rows = self._rows(sa.select(s.build).limit(1))
+        if not rows:
+            raise AtlasAppError(f"{self.path} has an empty build table", status=500)
+        row = dict(rows[0])
+        fields = r.BuildInfo.__dataclass_fields__
+        for name in ("sae_config", "settings", "versions", "metrics", "sae_eval", "training"):
+            row[name] = _json(row[name])
+        if row["schema_version"] != s.SCHEMA_VERSION:
+            raise AtlasAppError(
+                f"{self.path} is an index of schema version {row['schema_version']}; this "
+                f"app reads version {s.SCHEMA_VERSION}: rebuild it with `indexer build`",
+                status=500,
+            )
+        return r.BuildInfo(**{k: v for k, v in row.items() if k in fields})
+
+    # --- vocabulary -------------------------------------------------------------------------
+
+    def vocab(self) -> list[str]:
+        """Every token's text by id, read once: the index never changes under the app."""
+        with self._vocab_lock:
+            if self._vocab is None:
+                rows = self._rows(sa.select(s.vocab.c.token_id, s.vocab.c.text))
+                texts = [""] * (max((row["token_id"] for row in rows), default=-1) + 1)
+                for row in rows:
+                    texts[row["token_id"]] = row["text"]
+                self._vocab = texts
+            return self._vocab
+
+    def token_text(self, token_id: int) -> str:
+        texts = self.vocab()
+        return texts[token_id] if 0 <= token_id < len(texts) else f"<token {token_id}>"
+
+    # --- the latent table ---------------------------------------------------------------------
+
+    def density_histogram(self) -> list[r.HistogramBin]:
+        h = s.density_histogram
+        rows = self._rows(sa.select(h).order_by(h.c.lower).limit(1000))
+        return [r.HistogramBin(row["lower"], row["upper"], row["n_latents"]) for row in rows]
+
+    def latent_page(self, query: r.LatentQuery) -> r.LatentPage:
+        where = latent_filters(query)
+        column = SORT_COLUMNS[query.sort]
+        ordered = column.asc() if query.order == "asc" else column.desc()
+        statement = (
+            sa.select(s.latents)
+            .where(*where)
+            .order_by(ordered.nulls_last(), s.latents.c.latent_id)
+            .offset(query.offset)
+            .limit(query.limit)
+        )
+        count = sa.select(sa.func.count()).select_from(s.latents).where(*where)
+        with self.engine.connect() as connection:
+            total = int(connection.execute(count).scalar_one())
+            rows = connection.execute(statement).mappings().all()
+        latents = [summary(row) for row in rows]
+        return r.LatentPage(total=total, offset=query.offset, limit=query.limit, latents=latents)
+
+    def latent(self, latent_id: int) -> r.LatentSummary:
+        rows = self._rows(sa.select(s.latents).where(s.latents.c.latent_id == latent_id))
+        if not rows:
+            raise AtlasAppError(
+                f"latent {latent_id} does not exist (this index has latents 0 to "
+                f"{self.build.n_latents - 1})",
+                status=404,
+            )
+        return summary(rows[0])
+
+    def explanations(self, latent_ids: Iterable[int]) -> dict[int, str | None]:
+        ids = sorted(set(latent_ids))[:1000]
+        if not ids:
+            return {}
+        l = s.latents  # noqa: E741
+        rows = self._rows(sa.select(l.c.latent_id, l.c.explanation).where(l.c.latent_id.in_(ids)))
+        return {row["latent_id"]: row["explanation"] for row in rows}
+
+    # --- one latent, search ---------------------------------------------------------------
+
+    def latent_detail(self, latent_id: int) -> r.LatentDetail:
+        latent = self.latent(latent_id)
+        vocab = self.vocab()
+        with self.engine.connect() as connection:
+            return db_detail.latent_detail(connection, latent, vocab)
+
+    def search(self, query: str, *, limit: int) -> r.SearchResults:
+        with self.engine.connect() as connection:
+            latents = db_search.search_latents(connection, query, limit=limit)
+            tokens = db_search.search_tokens(connection, query, per_token=10)
+        return r.SearchResults(query=query, latents=latents, tokens=tokens)

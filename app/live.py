@@ -1,0 +1,135 @@
+"""Live text: run the index's model and SAE on the user's text, per-token top latents.
+
+The model named in the index's provenance (`build.model`) and the SAE at `build.sae_path`
+are loaded on first use, not at start-up, so browsing never waits for them. Tokens are
+treated as in the index: position 0 is the attention sink and gets no code, and so does any
+token whose residual norm exceeds the index's `sink_norm_limit` (when it has one).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from app import records as r
+from app.errors import AtlasAppError
+from app.settings import AppSettings
+
+SINK = "position 0 is the attention sink: it is never encoded"
+OVER_LIMIT = "its norm exceeds the attention-sink limit of the index: not encoded"
+
+
+@dataclass
+class _Loaded:
+    lm: Any  # sae.lm.LanguageModel
+    sae: Any  # sae.model.SparseAutoencoder
+    max_positions: int
+
+
+class LiveEncoder:
+    """Loads the model and SAE once, then encodes texts one at a time (torch uses all cores)."""
+
+    def __init__(self, *, build: r.BuildInfo, settings: AppSettings) -> None:
+        self.build = build
+        self.settings = settings
+        self._loaded: _Loaded | None = None
+        self._lock = threading.Lock()
+
+    def _load(self) -> _Loaded:
+        import sae
+        from sae.lm import load_lm
+
+        try:
+            lm = load_lm(self.build.model, device=self.settings.device)
+            model = sae.load(self.build.sae_path, device=self.settings.device)
+        except Exception as exc:
+            raise AtlasAppError(
+                f"live text is unavailable: cannot load model {self.build.model!r} or SAE "
+                f"{self.build.sae_path!r} named by the index ({exc})",
+                status=503,
+            ) from None
+        limit = getattr(lm.model.config, "max_position_embeddings", None) or 10**9
+        return _Loaded(lm=lm, sae=model, max_positions=int(limit))
+
+    def check_length(self, text: str) -> None:
+        if not text.strip():
+            raise AtlasAppError("the text is empty: type or paste some text", status=422)
+        if len(text) > self.settings.max_live_chars:
+            raise AtlasAppError(
+                f"the text is {len(text):,} characters long; live text takes at most "
+                f"{self.settings.max_live_chars:,}",
+                status=413,
+            )
+
+    def encode(self, text: str, *, explanations: Any) -> r.LiveResult:
+        """Per-token top latents of `text`; `explanations(ids)` names the latents."""
+        self.check_length(text)
+        with self._lock:
+            if self._loaded is None:
+                self._loaded = self._load()
+            loaded = self._loaded
+            ids = loaded.lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+            cap = min(self.settings.max_live_tokens, loaded.max_positions)
+            if len(ids) > cap:
+                raise AtlasAppError(
+                    f"the text is {len(ids):,} tokens long; live text takes at most {cap:,}",
+                    status=413,
+                )
+            acts, indices, skipped = self._codes(loaded, ids)
+        return self._result(loaded, ids, acts, indices, skipped, explanations)
+
+    def _codes(
+        self, loaded: _Loaded, ids: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor, list[str | None]]:
+        from sae.lm import residual_stream
+
+        input_ids = torch.tensor([ids], dtype=torch.long)  # (1, T)
+        with torch.inference_mode():
+            x = residual_stream(loaded.lm, input_ids, self.build.layer)[0].float()  # (T, d)
+            top_acts, top_indices = loaded.sae.encode(x.to(loaded.sae.device))  # (T, k)
+        norms = x.norm(dim=-1)  # (T,)
+        limit = self.build.sink_norm_limit
+        skipped: list[str | None] = []
+        for position in range(len(ids)):
+            if position == 0:
+                skipped.append(SINK)
+            elif limit > 0 and float(norms[position]) > limit:
+                skipped.append(OVER_LIMIT)
+            else:
+                skipped.append(None)
+        return top_acts.float().cpu(), top_indices.cpu(), skipped
+
+    def _result(
+        self,
+        loaded: _Loaded,
+        ids: list[int],
+        acts: torch.Tensor,
+        indices: torch.Tensor,
+        skipped: list[str | None],
+        explanations: Any,
+    ) -> r.LiveResult:
+        per_token: list[list[tuple[int, float]]] = []
+        for position in range(len(ids)):
+            pairs = [] if skipped[position] else _top_pairs(acts[position], indices[position])
+            per_token.append(pairs[: self.settings.live_top_latents])
+        names = explanations({latent for pairs in per_token for latent, _ in pairs})
+        tokens = [
+            r.LiveToken(
+                position=position,
+                token_id=token_id,
+                text=loaded.lm.tokenizer.decode([token_id]),
+                latents=[r.LiveLatent(i, a, names.get(i)) for i, a in per_token[position]],
+                skipped=skipped[position],
+            )
+            for position, token_id in enumerate(ids)
+        ]
+        return r.LiveResult(n_tokens=len(ids), tokens=tokens)
+
+
+def _top_pairs(acts: torch.Tensor, indices: torch.Tensor) -> list[tuple[int, float]]:
+    """The active latents of one token, strongest first (zeros dropped)."""
+    pairs = [(int(i), float(a)) for a, i in zip(acts.tolist(), indices.tolist(), strict=True)]
+    return sorted((p for p in pairs if p[1] > 0), key=lambda p: -p[1])

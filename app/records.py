@@ -1,0 +1,235 @@
+"""What the index's queries return: plain dataclasses shared by pages and the JSON API.
+
+FastAPI turns these into Pydantic models for the response schemas, so `/openapi.json`
+documents exactly what `app/db.py` returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+SortKey = Literal["id", "density", "max_activation", "precision", "recall", "n_fires"]
+SortOrder = Literal["asc", "desc"]
+FLAGS = ("dead", "dense", "special", "repeat")
+
+
+@dataclass(frozen=True)
+class BuildInfo:
+    """The index's provenance row (`build` table), JSON columns decoded."""
+
+    model: str
+    layer: int
+    hook: str
+    sae_path: str
+    sae_format: str
+    sae_hash: str
+    sae_config: dict[str, Any]
+    n_latents: int
+    k: int
+    d_model: int
+    corpus: str
+    activations: str
+    context_length: int
+    n_contexts: int
+    n_tokens: int
+    n_sink_tokens: int
+    sink_norm_limit: float
+    settings: dict[str, Any]
+    versions: dict[str, Any]
+    metrics: dict[str, Any]
+    sae_eval: dict[str, Any] | None
+    training: dict[str, Any] | None
+    created_at: str
+    seconds: float
+    schema_version: int
+    library_version: str
+
+
+@dataclass(frozen=True)
+class LatentSummary:
+    """One row of the latent table."""
+
+    latent_id: int
+    n_fires: int
+    n_contexts: int
+    density: float
+    log10_density: float | None
+    mean_activation: float | None
+    max_activation: float | None
+    flags: list[str]
+    top_token_text: str | None
+    explanation: str | None
+    explanation_precision: float | None
+    explanation_recall: float | None
+
+
+@dataclass(frozen=True)
+class LatentPage:
+    """A page of the latent table and how many latents match in all."""
+
+    total: int
+    offset: int
+    limit: int
+    latents: list[LatentSummary]
+
+
+@dataclass(frozen=True)
+class HistogramBin:
+    lower: float
+    upper: float
+    count: int
+
+
+@dataclass(frozen=True)
+class ExampleToken:
+    token_id: int
+    text: str
+    activation: float
+
+
+@dataclass(frozen=True)
+class Example:
+    """A context shown for a latent, with the latent's activation on each of its tokens."""
+
+    kind: str
+    rank: int
+    band: int | None
+    context_id: int
+    doc_id: str
+    position: int
+    activation: float
+    tokens: list[ExampleToken]
+
+
+@dataclass(frozen=True)
+class QuantileBand:
+    band: int
+    rank_from: float
+    rank_to: float
+    min_activation: float
+    max_activation: float
+
+
+@dataclass(frozen=True)
+class LogitEffect:
+    token_id: int
+    text: str
+    value: float
+
+
+@dataclass(frozen=True)
+class RelatedLatent:
+    """Another latent next to this one: `score` is a decoder cosine or a Jaccard index."""
+
+    latent_id: int
+    score: float
+    count: int | None
+    explanation: str | None
+
+
+@dataclass(frozen=True)
+class TokenCount:
+    token_id: int
+    text: str
+    count: int
+    mean_activation: float
+
+
+@dataclass(frozen=True)
+class Pattern:
+    pattern: str
+    precision: float | None
+    recall: float | None
+    n_matches: int
+    n_hits: int
+
+
+@dataclass(frozen=True)
+class LatentDetail:
+    """Everything on a latent's page."""
+
+    latent: LatentSummary
+    top_examples: list[Example]
+    quantile_examples: list[Example]
+    quantile_bands: list[QuantileBand]
+    histogram: list[HistogramBin]
+    promoted: list[LogitEffect]
+    suppressed: list[LogitEffect]
+    neighbours: list[RelatedLatent]
+    coactive: list[RelatedLatent]
+    top_tokens: list[TokenCount]
+    patterns: list[Pattern]
+
+
+@dataclass(frozen=True)
+class TokenLatent:
+    latent_id: int
+    count: int
+    mean_activation: float
+    explanation: str | None
+
+
+@dataclass(frozen=True)
+class TokenMatch:
+    """A vocabulary token and the latents that fire on it most."""
+
+    token_id: int
+    text: str
+    latents: list[TokenLatent]
+
+
+@dataclass(frozen=True)
+class SearchResults:
+    query: str
+    latents: list[LatentSummary]
+    tokens: list[TokenMatch]
+
+
+@dataclass(frozen=True)
+class LiveLatent:
+    latent_id: int
+    activation: float
+    explanation: str | None
+
+
+@dataclass(frozen=True)
+class LiveToken:
+    """A token of the user's text and its strongest latents (none for skipped tokens)."""
+
+    position: int
+    token_id: int
+    text: str
+    latents: list[LiveLatent]
+    skipped: str | None = None
+
+
+@dataclass(frozen=True)
+class LiveResult:
+    n_tokens: int
+    tokens: list[LiveToken] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LatentQuery:
+    """What the latent table shows: sort, filters and the page."""
+
+    sort: SortKey = "id"
+    order: SortOrder = "asc"
+    offset: int = 0
+    limit: int = 50
+    q: str = ""
+    flags: tuple[str, ...] = ()
+    exclude_flags: tuple[str, ...] = ()
+    min_density: float | None = None
+    max_density: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.offset < 0:
+            raise ValueError(f"offset must not be negative, got {self.offset}")
+        if self.limit <= 0:
+            raise ValueError(f"limit must be positive, got {self.limit}")
+        for name in ("flags", "exclude_flags"):
+            unknown = [f for f in getattr(self, name) if f not in FLAGS]
+            if unknown:
+                raise ValueError(f"{name}: unknown flag {unknown[0]!r}; flags are {FLAGS}")

@@ -1,0 +1,1 @@
+"""HTTP routes: server-rendered pages (`pages`) and the JSON API under /api/ (`api`)."""

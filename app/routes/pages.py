@@ -1,0 +1,118 @@
+"""Server-rendered pages. Each HTMX swap target has its own `_partial.html` template.
+
+A request from htmx (`HX-Request`) gets only the partial; a history restore or a plain
+browser request gets the whole page, so every URL works on its own and can be shared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Depends, Form, Query, Request
+from fastapi.responses import HTMLResponse
+
+from app import records as r
+from app.db import IndexDB
+from app.live import LiveEncoder
+from app.routes.params import MAX_QUERY, check_query_text, db_of, latent_query, live_of
+from app.settings import AppSettings
+from app.svg import activation_histogram_svg, density_histogram_svg
+
+router = APIRouter(include_in_schema=False)
+LATENT_ID_BOUND = 2**31 - 1
+
+
+def _partial_wanted(request: Request) -> bool:
+    return bool(request.headers.get("HX-Request")) and not request.headers.get(
+        "HX-History-Restore-Request"
+    )
+
+
+def _render(
+    request: Request, page: str, partial: str | None, context: dict[str, Any], status: int = 200
+) -> HTMLResponse:
+    name = partial if partial and _partial_wanted(request) else page
+    response: HTMLResponse = request.app.state.templates.TemplateResponse(
+        request, name, context, status_code=status
+    )
+    return response
+
+
+def table_url(query: r.LatentQuery, **changes: Any) -> str:
+    """The /latents URL of `query` with `changes`, leaving defaults out so links stay short."""
+    state = asdict(query) | changes
+    pairs: list[tuple[str, Any]] = []
+    defaults = asdict(r.LatentQuery())
+    for key in ("sort", "order", "offset", "limit", "q", "min_density", "max_density"):
+        if state[key] not in (None, "") and state[key] != defaults[key]:
+            pairs.append((key, state[key]))
+    pairs += [("flag", f) for f in state["flags"]] + [
+        ("not_flag", f) for f in state["exclude_flags"]
+    ]
+    return "/latents" + ("?" + urlencode(pairs) if pairs else "")
+
+
+@router.get("/", response_class=HTMLResponse)
+def overview(request: Request, db: Annotated[IndexDB, Depends(db_of)]) -> HTMLResponse:
+    context = {"build": db.build, "density_svg": density_histogram_svg(db.density_histogram())}
+    return _render(request, "overview.html", None, context)
+
+
+@router.get("/latents", response_class=HTMLResponse)
+def latent_table(
+    request: Request,
+    db: Annotated[IndexDB, Depends(db_of)],
+    query: Annotated[r.LatentQuery, Depends(latent_query)],
+) -> HTMLResponse:
+    context = {
+        "page": db.latent_page(query),
+        "query": query,
+        "flags": r.FLAGS,
+        "table_url": table_url,
+    }
+    return _render(request, "latents.html", "_latent_table.html", context)
+
+
+@router.get("/latents/{latent_id}", response_class=HTMLResponse)
+def latent_page(
+    request: Request, db: Annotated[IndexDB, Depends(db_of)], latent_id: int
+) -> HTMLResponse:
+    detail = db.latent_detail(max(-LATENT_ID_BOUND, min(LATENT_ID_BOUND, latent_id)))
+    context = {
+        "detail": detail,
+        "n_latents": db.build.n_latents,
+        "histogram_svg": activation_histogram_svg(detail.histogram),
+    }
+    return _render(request, "latent.html", None, context)
+
+
+@router.get("/search", response_class=HTMLResponse)
+def search(
+    request: Request,
+    db: Annotated[IndexDB, Depends(db_of)],
+    q: Annotated[str, Query(max_length=MAX_QUERY)] = "",
+) -> HTMLResponse:
+    settings: AppSettings = request.app.state.settings
+    text = check_query_text(q, settings)
+    results = db.search(text, limit=settings.search_limit) if text else None
+    context = {"q": text, "results": results}
+    return _render(request, "search.html", "_search_results.html", context)
+
+
+@router.get("/live", response_class=HTMLResponse)
+def live_form(request: Request) -> HTMLResponse:
+    return _render(request, "live.html", None, {"text": "", "result": None})
+
+
+@router.post("/live", response_class=HTMLResponse)
+def live_run(
+    request: Request,
+    db: Annotated[IndexDB, Depends(db_of)],
+    live: Annotated[LiveEncoder, Depends(live_of)],
+    text: Annotated[str, Form(max_length=1_000_000)] = "",
+) -> HTMLResponse:
+    result = live.encode(text, explanations=db.explanations)
+    context = {"text": text, "result": result}
+    return _render(request, "live.html", "_live_result.html", context)

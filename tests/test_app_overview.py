@@ -1,0 +1,49 @@
+"""The overview page and /api/build: SAE config, metrics, density histogram, provenance."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bs4 import BeautifulSoup
+
+
+def page(client: Any, url: str) -> BeautifulSoup:
+    response = client.get(url)
+    assert response.status_code == 200, response.text
+    return BeautifulSoup(response.text, "html.parser")
+
+
+def test_overview_shows_the_sae_metrics_and_provenance(app_client: Any, app_sql: Any) -> None:
+    [(model, n_latents, sae_hash)] = app_sql("SELECT model, n_latents, sae_hash FROM build")
+    html = page(app_client, "/")
+    assert html.h1 is not None and f"{n_latents} latents of {model}" in html.h1.get_text()
+    metrics = {row.th.get_text(): row.td.get_text() for row in html.select("#index-metrics tr")}
+    assert metrics["n_latents"] == str(n_latents)
+    config = {row.th.get_text(): row.td.get_text() for row in html.select("#sae-config tr")}
+    assert config["k"] == "4" and config["d_in"] == "32"
+    assert sae_hash in html.select_one("#provenance").get_text()
+
+
+def test_density_histogram_is_inline_svg_with_a_bar_per_populated_bin(
+    app_client: Any, app_sql: Any
+) -> None:
+    [(populated,)] = app_sql("SELECT count(*) FROM density_histogram WHERE n_latents > 0")
+    svg = page(app_client, "/").select_one("#density-histogram svg")
+    assert svg is not None
+    bars = svg.select("rect.bar")
+    assert len(bars) == populated
+    assert all(bar.title and "latents" in bar.title.get_text() for bar in bars)
+
+
+def test_api_build_returns_the_provenance_row(app_client: Any) -> None:
+    body = app_client.get("/api/build").json()
+    assert body["n_latents"] == 64 and body["k"] == 4
+    assert body["metrics"]["n_latents"] == 64
+    assert isinstance(body["sae_config"], dict)
+
+
+def test_pages_link_to_each_other_and_carry_a_content_security_policy(app_client: Any) -> None:
+    response = app_client.get("/")
+    assert "script-src 'self'" in response.headers["content-security-policy"]
+    links = {a["href"] for a in BeautifulSoup(response.text, "html.parser").select("nav a")}
+    assert {"/", "/latents", "/search", "/live"} <= links
