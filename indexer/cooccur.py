@@ -12,6 +12,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from indexer.fires import rank_in_runs
 from indexer.geometry import Ranked
 
 
@@ -91,14 +92,6 @@ def coactivations(
     return Coactivation(ranked, np.concatenate(counts))
 
 
-def _rank_in_runs(sorted_keys: np.ndarray) -> np.ndarray:
-    n = len(sorted_keys)
-    if n == 0:
-        return np.zeros(0, np.int64)
-    start = np.r_[True, sorted_keys[1:] != sorted_keys[:-1]]
-    return np.arange(n) - np.maximum.accumulate(np.where(start, np.arange(n), 0))
-
-
 class TokenTable(NamedTuple):
     """Ranked (key, rank, other) rows with the count and mean activation of each pair."""
 
@@ -133,6 +126,6 @@ def _ranked(
     else:
         packed = (key << (2 * bits)) | ((most - count) << bits) | other
         order = np.argsort(packed)
-    rank = _rank_in_runs(key[order])
+    rank = rank_in_runs(key[order])
     keep = order[rank < top]
     return TokenTable(key[keep], rank[rank < top], other[keep], count[keep], mean[keep])

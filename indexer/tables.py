@@ -6,6 +6,7 @@ import numpy as np
 import pyarrow as pa
 
 from indexer.accumulate import LatentStats, histogram_edges
+from indexer.fires import rank_in_runs
 from indexer.geometry import Ranked
 from indexer.reservoir import Kept
 
@@ -18,15 +19,6 @@ def list_array(rows: np.ndarray, value_type: pa.DataType) -> pa.ListArray:
     m, width = rows.shape
     offsets = pa.array(np.arange(m + 1, dtype=np.int32) * width, pa.int32())
     return pa.ListArray.from_arrays(offsets, pa.array(rows.reshape(-1), value_type))
-
-
-def rank_in_runs(sorted_keys: np.ndarray) -> np.ndarray:
-    """0, 1, 2, ... within each run of equal keys of a sorted array."""
-    n = len(sorted_keys)
-    if n == 0:
-        return np.zeros(0, np.int64)
-    start = np.r_[True, sorted_keys[1:] != sorted_keys[:-1]]
-    return np.arange(n) - np.maximum.accumulate(np.where(start, np.arange(n), 0))
 
 
 def latent_flags(stats: LatentStats) -> dict[str, np.ndarray]:
