@@ -21,6 +21,7 @@ from sqlalchemy.engine import RowMapping
 from app import db_detail, db_search
 from app import records as r
 from app.db_rows import SORT_COLUMNS, latent_filters, summary
+from app.db_slices import LatentSlices
 from app.errors import AtlasAppError
 from indexer import schema as s
 
@@ -59,6 +60,7 @@ class IndexDB:
         self.engine = open_engine(path)
         self.build = self._read_build()
         self._vocab: list[str] | None = None
+        self._slices: LatentSlices | None = None
         self._vocab_lock = threading.Lock()
 
     def close(self) -> None:
@@ -127,14 +129,16 @@ class IndexDB:
         return r.LatentPage(total=total, offset=query.offset, limit=query.limit, latents=latents)
 
     def latent(self, latent_id: int) -> r.LatentSummary:
-        rows = self._rows(sa.select(s.latents).where(s.latents.c.latent_id == latent_id))
-        if not rows:
+        found = self.slices().summary
+        if not 0 <= latent_id < len(found) or found[latent_id] is None:
             raise AtlasAppError(
                 f"latent {latent_id} does not exist (this index has latents 0 to "
                 f"{self.build.n_latents - 1})",
                 status=404,
             )
-        return summary(rows[0])
+        latent = found[latent_id]
+        assert latent is not None
+        return latent
 
     def explanations(self, latent_ids: Iterable[int]) -> dict[int, str | None]:
         ids = sorted(set(latent_ids))[:1000]
@@ -146,11 +150,19 @@ class IndexDB:
 
     # --- one latent, search ---------------------------------------------------------------
 
+    def slices(self) -> LatentSlices:
+        """The small per-latent tables in memory, read on first use."""
+        with self._vocab_lock:
+            if self._slices is None:
+                with self.engine.connect() as connection:
+                    self._slices = LatentSlices(connection, self.build.n_latents)
+            return self._slices
+
     def latent_detail(self, latent_id: int) -> r.LatentDetail:
         latent = self.latent(latent_id)
-        vocab = self.vocab()
+        vocab, slices = self.vocab(), self.slices()
         with self.engine.connect() as connection:
-            return db_detail.latent_detail(connection, latent, vocab)
+            return db_detail.latent_detail(connection, latent, vocab, slices)
 
     def search(self, query: str, *, limit: int) -> r.SearchResults:
         with self.engine.connect() as connection:
