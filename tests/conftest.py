@@ -94,17 +94,22 @@ def text_corpus(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
     """An activation cache of the tiny model (d=32): 2,048 activations in 4 shards."""
-    from sae.harvest import HarvestConfig, harvest
-
     corpus = tmp_path_factory.mktemp("tiny-corpus") / "docs.txt"
     corpus.write_text(" ".join(DOCUMENTS * 4))
     out = tmp_path_factory.mktemp("tiny-cache") / "acts"
+    return harvest_tiny(tiny_model_dir, corpus, out, tokens=2048)
+
+
+def harvest_tiny(model_dir: Path, corpus: Path, out: Path, *, tokens: int) -> Path:
+    """Layer 2 of the tiny model over `corpus`: contexts of 17 tokens, shards of 32, fp32."""
+    from sae.harvest import HarvestConfig, harvest
+
     cfg = HarvestConfig(
         out=str(out),
-        model=str(tiny_model_dir),
+        model=str(model_dir),
         corpus=str(corpus),
         layer=2,
-        tokens=2048,
+        tokens=tokens,
         context_length=17,
         shard_contexts=32,
         dtype="float32",
@@ -113,23 +118,28 @@ def tiny_cache(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -
     return out
 
 
+def sae_from_cache(cache_root: Path, model_dir: Path, out: Path, *, n_latents: int) -> Path:
+    """A k=4 SAE for a tiny-model cache, initialised from all of its data, saved to `out`."""
+    from sae.cache import ActivationCache
+    from sae.config import SaeConfig
+    from sae.model import SparseAutoencoder
+
+    cache = ActivationCache(cache_root)
+    sample = torch.cat([acts.flatten(0, 1) for _, acts in cache.shards()]).float()
+    cfg = SaeConfig(d_in=32, n_latents=n_latents, k=4, layer=2, model=str(model_dir))
+    model = SparseAutoencoder(cfg)
+    model.init_from_data(sample)
+    model.save(out)
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_sae(
     tmp_path_factory: pytest.TempPathFactory, tiny_cache: Path, tiny_model_dir: Path
 ) -> Path:
     """A 64-latent, k=4 SAE for the tiny cache, initialised from its data and saved."""
-    from sae.cache import ActivationCache
-    from sae.config import SaeConfig
-    from sae.model import SparseAutoencoder
-
-    cache = ActivationCache(tiny_cache)
-    sample = torch.cat([acts.flatten(0, 1) for _, acts in cache.shards()]).float()
-    cfg = SaeConfig(d_in=32, n_latents=64, k=4, layer=2, model=str(tiny_model_dir))
-    model = SparseAutoencoder(cfg)
-    model.init_from_data(sample)
     out = tmp_path_factory.mktemp("tiny-sae") / "sae"
-    model.save(out)
-    return out
+    return sae_from_cache(tiny_cache, tiny_model_dir, out, n_latents=64)
 
 
 # --- the feature browser (app/): tiny indexes built by the real indexer ----------------------
@@ -169,35 +179,12 @@ def app_index(tmp_path_factory: pytest.TempPathFactory, tiny_sae: Path, tiny_cac
 @pytest.fixture(scope="session")
 def hostile_index(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
     """An index whose corpus is markup and quotes: every token string is hostile input."""
-    from sae.cache import ActivationCache
-    from sae.config import SaeConfig
-    from sae.harvest import HarvestConfig, harvest
-    from sae.model import SparseAutoencoder
-
     root = tmp_path_factory.mktemp("hostile")
     corpus = root / "hostile.txt"
     corpus.write_text(HOSTILE_TEXT * 40)
-    acts = root / "acts"
-    harvest(
-        HarvestConfig(
-            out=str(acts),
-            model=str(tiny_model_dir),
-            corpus=str(corpus),
-            layer=2,
-            tokens=512,
-            context_length=17,
-            shard_contexts=32,
-            dtype="float32",
-        ),
-        progress=False,
-    )
-    sample = torch.cat([a.flatten(0, 1) for _, a in ActivationCache(acts).shards()]).float()
-    model = SparseAutoencoder(
-        SaeConfig(d_in=32, n_latents=16, k=4, layer=2, model=str(tiny_model_dir))
-    )
-    model.init_from_data(sample)
-    model.save(root / "sae")
-    return _index_tiny(root / "sae", acts, root / "index.duckdb")
+    acts = harvest_tiny(tiny_model_dir, corpus, root / "acts", tokens=512)
+    sae_folder = sae_from_cache(acts, tiny_model_dir, root / "sae", n_latents=16)
+    return _index_tiny(sae_folder, acts, root / "index.duckdb")
 
 
 @pytest.fixture(scope="session")
