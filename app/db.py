@@ -21,8 +21,9 @@ from sqlalchemy.engine import RowMapping
 from app import db_detail, db_search
 from app import records as r
 from app.db_rows import SORT_COLUMNS, latent_filters, summary
-from app.db_slices import LatentSlices
+from app.db_slices import ExampleColumns, LatentSlices
 from app.errors import AtlasAppError
+from app.filters import escaped_token
 from indexer import schema as s
 
 
@@ -61,6 +62,8 @@ class IndexDB:
         self.build = self._read_build()
         self._vocab: list[str] | None = None
         self._slices: LatentSlices | None = None
+        self._examples: ExampleColumns | None = None
+        self._vocab_html: list[str] | None = None
         self._vocab_lock = threading.Lock()
 
     def close(self) -> None:
@@ -158,11 +161,26 @@ class IndexDB:
                     self._slices = LatentSlices(connection, self.build.n_latents)
             return self._slices
 
-    def latent_detail(self, latent_id: int) -> r.LatentDetail:
+    def stored_examples(self) -> ExampleColumns:
+        """Every example and the contexts they show, in memory, read on first use."""
+        with self._vocab_lock:
+            if self._examples is None:
+                with self.engine.connect() as connection:
+                    self._examples = ExampleColumns(connection, self.build.n_latents)
+            return self._examples
+
+    def vocab_html(self) -> list[str]:
+        """Every token's text as shown and escaped, once: pages hold thousands of tokens."""
+        texts = self.vocab()
+        with self._vocab_lock:
+            if self._vocab_html is None:
+                self._vocab_html = [escaped_token(text) for text in texts]
+            return self._vocab_html
+
+    def latent_detail(self, latent_id: int, *, tokens: bool = False) -> r.LatentDetail:
         latent = self.latent(latent_id)
-        vocab, slices = self.vocab(), self.slices()
-        with self.engine.connect() as connection:
-            return db_detail.latent_detail(connection, latent, vocab, slices)
+        vocab, slices, stored = self.vocab(), self.slices(), self.stored_examples()
+        return db_detail.latent_detail(latent, vocab, slices, stored, tokens=tokens)
 
     def search(self, query: str, *, limit: int) -> r.SearchResults:
         with self.engine.connect() as connection:

@@ -1,57 +1,38 @@
-"""One latent's page: its examples queried, its short lists sliced from memory (db layer)."""
+"""One latent's page, sliced from columns held in memory (part of the db layer)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from dataclasses import replace
 
 from app import records as r
-from app.db_rows import EXAMPLES_CAP, connection_rows
-from app.db_slices import LatentSlices
-from indexer import schema as s
+from app.db_rows import EXAMPLES_CAP
+from app.db_slices import ExampleColumns, LatentSlices
 
 TokenText = Callable[[int], str]
 
 
-def examples(connection: Connection, latent_id: int, vocab: Sequence[str]) -> list[r.Example]:
-    e, c = s.examples, s.contexts
-    statement = (
-        sa.select(e, c.c.doc_id, c.c.token_ids)
-        .join(c, c.c.context_id == e.c.context_id)
-        .where(e.c.latent_id == latent_id)
-        .order_by(e.c.kind.desc(), e.c.band.desc().nulls_first(), e.c.rank)
-        .limit(EXAMPLES_CAP)
-    )
-    result = []
-    for row in connection_rows(connection, statement):
-        token = r.ExampleToken
-        tokens = [
-            token(t, vocab[t], a)
-            for t, a in zip(row["token_ids"], row["activations"], strict=False)
-        ]
-        result.append(
-            r.Example(
-                kind=row["kind"],
-                rank=row["rank"],
-                band=row["band"],
-                context_id=row["context_id"],
-                doc_id=row["doc_id"],
-                position=row["position"],
-                activation=row["activation"],
-                tokens=tokens,
-            )
-        )
-    return result
+def with_tokens(example: r.Example, vocab: Sequence[str]) -> r.Example:
+    """The example with a record per token (text, activation), as the JSON API gives it."""
+    token = r.ExampleToken
+    pairs = zip(example.token_ids, example.activations, strict=True)
+    return replace(example, tokens=[token(t, vocab[t], a) for t, a in pairs])
 
 
 def latent_detail(
-    connection: Connection, latent: r.LatentSummary, vocab: Sequence[str], slices: LatentSlices
+    latent: r.LatentSummary,
+    vocab: Sequence[str],
+    slices: LatentSlices,
+    stored: ExampleColumns,
+    *,
+    tokens: bool,
 ) -> r.LatentDetail:
-    """Examples from DuckDB (the one large table); every short list from memory."""
+    """Everything on a latent's page, sliced from columns in memory; `tokens` adds the
+    per-token records the JSON API returns (pages render from the id and value lists)."""
     latent_id = latent.latent_id
-    shown = examples(connection, latent_id, vocab)
+    shown = stored.of(latent_id, cap=EXAMPLES_CAP)
+    if tokens:
+        shown = [with_tokens(example, vocab) for example in shown]
 
     def text(token_id: int) -> str:
         return vocab[token_id] if 0 <= token_id < len(vocab) else f"<token {token_id}>"

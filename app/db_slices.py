@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
@@ -129,3 +130,79 @@ def _number(value: Any) -> float | None:
     if value is None or value != value:
         return None
     return float(value)
+
+
+class ExampleColumns:
+    """Every stored example as columns sliced by latent, and the contexts they show.
+
+    The largest table of an index, read once through Arrow (activations as float16, which is how
+    the indexer keeps them): a page's examples are then array slices, not a query with a join.
+    """
+
+    def __init__(self, connection: Connection, n_latents: int) -> None:
+        e, c = s.examples, s.contexts
+        table = _arrow(
+            connection,
+            sa.select(
+                e.c.latent_id,
+                e.c.kind,
+                e.c.rank,
+                e.c.band,
+                e.c.context_id,
+                e.c.position,
+                e.c.activation,
+                e.c.activations,
+            ).order_by(e.c.latent_id, e.c.kind.desc(), e.c.band.desc().nulls_first(), e.c.rank),
+        )
+        self.latent = table.column("latent_id").to_numpy()
+        self.top = np.asarray(table.column("kind").to_pylist()) == "top"
+        self.rank = table.column("rank").to_numpy()
+        self.band = table.column("band").fill_null(-1).to_numpy()
+        self.context = table.column("context_id").to_numpy()
+        self.position = table.column("position").to_numpy()
+        self.activation = table.column("activation").to_numpy()
+        self.activations = _matrix(table.column("activations"), np.float16)  # (m, T)
+        self.starts = np.searchsorted(self.latent, np.arange(n_latents + 1))
+        contexts = _arrow(
+            connection,
+            sa.select(c.c.context_id, c.c.doc_id, c.c.token_ids).order_by(c.c.context_id),
+        )
+        self.context_ids = contexts.column("context_id").to_numpy()
+        self.doc_ids = contexts.column("doc_id").to_pylist()
+        self.token_ids = _matrix(contexts.column("token_ids"), np.int32)  # (contexts, T)
+
+    def of(self, latent_id: int, *, cap: int) -> list[r.Example]:
+        first = int(self.starts[latent_id])
+        last = min(int(self.starts[latent_id + 1]), first + cap)
+        rows = np.searchsorted(self.context_ids, self.context[first:last])  # (m,)
+        return [
+            r.Example(
+                kind="top" if self.top[i] else "quantile",
+                rank=int(self.rank[i]),
+                band=None if self.band[i] < 0 else int(self.band[i]),
+                context_id=int(self.context[i]),
+                doc_id=self.doc_ids[row],
+                position=int(self.position[i]),
+                activation=float(self.activation[i]),
+                tokens=[],
+                token_ids=self.token_ids[row].tolist(),
+                activations=self.activations[i].astype(np.float32).tolist(),
+            )
+            for i, row in zip(range(first, last), rows.tolist(), strict=True)
+        ]
+
+
+def _arrow(connection: Connection, statement: sa.Select) -> pa.Table:
+    """Run a statement without parameters straight through DuckDB into an Arrow table."""
+    sql = str(statement.compile(dialect=connection.dialect))
+    raw: Any = connection.connection.driver_connection
+    return raw.sql(sql).to_arrow_table()
+
+
+def _matrix(column: pa.ChunkedArray, dtype: type) -> np.ndarray:
+    """A list column whose lists all have one length, as an (m, length) array."""
+    lists = column.combine_chunks()
+    if len(lists) == 0:
+        return np.zeros((0, 0), dtype)
+    values = lists.flatten().to_numpy(zero_copy_only=False).astype(dtype)
+    return values.reshape(len(lists), -1)

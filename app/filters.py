@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from functools import lru_cache
 from typing import Any
 
 from markupsafe import Markup, escape
 
-from app.records import ExampleToken
+from app.records import Example
 
 SHADES = 10  # highlight steps: CSS classes act-0 .. act-10 (no inline styles under the CSP)
 
@@ -49,27 +48,25 @@ def token(text: str) -> str:
     return text.replace("\n", "⏎").replace("\r", "␍").replace("\t", "⇥") or "∅"
 
 
-@lru_cache(maxsize=65_536)
-def _escaped_token(text: str) -> str:
-    # A vocabulary's worth of tokens: each is shown and escaped once, not once per occurrence.
+def escaped_token(text: str) -> str:
+    """A token as shown, escaped: computed once per vocabulary entry by the db layer."""
     return str(escape(token(text)))
 
 
-def highlight(tokens: Sequence[ExampleToken], *, position: int, maximum: float | None) -> Markup:
-    """A context as markup: each token where the latent fires is tinted by its activation and
-    titled with the value; the others are plain text. Built here rather than in a template
-    loop because a latent page holds thousands of tokens. Every text is escaped."""
-    parts = []
-    for i, item in enumerate(tokens):
-        text = _escaped_token(item.text)
-        if item.activation <= 0:
-            parts.append(text)
-            continue
-        peak = " peak" if i == position else ""
-        parts.append(
-            f'<span class="tok {shade(item.activation, maximum)}{peak}" '
-            f'title="{text}: {item.activation:.4g}">{text}</span>'
-        )
+def highlight(example: Example, *, vocab_html: Sequence[str], maximum: float | None) -> Markup:
+    """An example's context as markup: each token where the latent fires is tinted by its
+    activation and titled with the value; the others are plain text. Built here rather than in
+    a template loop because a latent page holds thousands of tokens; `vocab_html` holds every
+    token's text already escaped."""
+    known = len(vocab_html)
+    parts = [vocab_html[t] if 0 <= t < known else "�" for t in example.token_ids]
+    for i, activation in enumerate(example.activations):
+        if activation > 0:  # a few per context: only these become spans
+            text, peak = parts[i], " peak" if i == example.position else ""
+            parts[i] = (
+                f'<span class="tok {shade(activation, maximum)}{peak}" '
+                f'title="{text}: {activation:.4g}">{text}</span>'
+            )
     return Markup("".join(parts))
 
 

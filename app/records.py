@@ -99,7 +99,9 @@ class Example:
     doc_id: str
     position: int
     activation: float
-    tokens: list[ExampleToken]
+    tokens: list[ExampleToken]  # filled for the JSON API; pages render from the two lists below
+    token_ids: list[int] = field(default_factory=list)  # the context, position 0 included
+    activations: list[float] = field(default_factory=list)  # the latent on each of its tokens
 
 
 @dataclass(frozen=True)

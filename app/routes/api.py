@@ -53,7 +53,7 @@ def list_latents(
 @router.get("/latents/{latent_id}", response_model=r.LatentDetail, responses=ERRORS)
 def latent_detail(db: Annotated[IndexDB, Depends(db_of)], latent_id: LatentId) -> r.LatentDetail:
     """Everything on a latent's page."""
-    return db.latent_detail(latent_id)
+    return db.latent_detail(latent_id, tokens=True)
 
 
 @router.get("/search", response_model=r.SearchResults, responses=ERRORS)

@@ -75,8 +75,15 @@ def latent_table(
     return _render(request, "latents.html", "_latent_table.html", context)
 
 
+def _by_band(examples: list[r.Example]) -> dict[int | None, list[r.Example]]:
+    grouped: dict[int | None, list[r.Example]] = {}
+    for example in examples:
+        grouped.setdefault(example.band, []).append(example)
+    return grouped
+
+
 @router.get("/latents/{latent_id}", response_class=HTMLResponse)
-def latent_page(
+async def latent_page(  # a few ms of CPU from memory: no threadpool hop (it cannot overlap)
     request: Request, db: Annotated[IndexDB, Depends(db_of)], latent_id: int
 ) -> HTMLResponse:
     detail = db.latent_detail(max(-LATENT_ID_BOUND, min(LATENT_ID_BOUND, latent_id)))
@@ -84,6 +91,8 @@ def latent_page(
         "detail": detail,
         "n_latents": db.build.n_latents,
         "histogram_svg": activation_histogram_svg(detail.histogram),
+        "vocab_html": db.vocab_html(),
+        "by_band": _by_band(detail.quantile_examples),
     }
     return _render(request, "latent.html", None, context)
 

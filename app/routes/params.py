@@ -40,12 +40,12 @@ def settings_of(request: Request) -> AppSettings:
     return settings
 
 
-def db_of(request: Request) -> IndexDB:
+async def db_of(request: Request) -> IndexDB:  # async: no threadpool hop for a lookup
     db: IndexDB = request.app.state.db
     return db
 
 
-def live_of(request: Request) -> LiveEncoder:
+async def live_of(request: Request) -> LiveEncoder:
     live: LiveEncoder = request.app.state.live
     return live
 
