@@ -12,7 +12,7 @@ RUN ?= runs/demo
 BENCH_RUN ?= runs/bench
 
 .PHONY: help setup system chromium demo demo-index test lint typecheck pytest bench bench-index \
-	bench-serve check-peers clean
+	bench-serve sweep check-peers clean
 
 help:
 	@echo "make demo   harvest activations of the default model, train an SAE on them, evaluate and"
@@ -91,6 +91,13 @@ test: lint typecheck pytest
 bench: setup bench-index
 	$(BIN)/python bench/harvest.py
 	$(BIN)/python bench/train.py
+
+# The scaling sweep of the paper on the demo cache: a grid over n and k, a table, fitted laws.
+SWEEP ?= runs/sweep
+sweep: setup
+	$(BIN)/sae harvest --model default --layer 15 --corpus pydocs --tokens $(TOKENS) \
+		--context-length 64 --out $(RUN)/acts
+	$(BIN)/sae sweep --acts $(RUN)/acts --out $(SWEEP)
 
 # Latent-page and search latency under 16 clients next to a static file of the same size.
 bench-serve: setup

@@ -65,6 +65,15 @@ def run_eval(args: argparse.Namespace) -> None:
         print(f"{name:28} {value:.4f}" if isinstance(value, float) else f"{name:28} {value}")
 
 
+def run_sweep(args: argparse.Namespace) -> None:
+    from sae.sweep import FITS, SweepConfig, summary_lines, sweep
+
+    cfg = config_from_arguments(SweepConfig, args)
+    rows = sweep(cfg)
+    print("\n".join(summary_lines(rows, json.loads((Path(cfg.out) / FITS).read_text()))))
+    print(f"table: {Path(cfg.out) / 'results.csv'}; fits: {Path(cfg.out) / 'fits.json'}")
+
+
 def run_convert(args: argparse.Namespace) -> None:
     from sae.formats import convert
 
@@ -145,6 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_config_arguments(eval_parser, EvalConfig)
     eval_parser.set_defaults(handler=run_eval)
+
+    from sae.sweep import SweepConfig
+
+    sweep_parser = commands.add_parser(
+        "sweep", help="train and evaluate a grid of SAEs over n and k; fit the scaling laws"
+    )
+    add_config_arguments(sweep_parser, SweepConfig)
+    sweep_parser.set_defaults(handler=run_sweep)
 
     convert_parser = commands.add_parser(
         "convert", help="read an SAE from SAELens, sparsify or OpenAI files; write ours or SAELens"
