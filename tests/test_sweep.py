@@ -73,16 +73,16 @@ def test_a_tiny_sweep_writes_runs_table_and_fits(
     trained: list[tuple[int, int]] = []
     run = sweep_module._run
 
-    def counting(cfg: Any, out: Path, *, n: int, k: int) -> dict[str, Any]:
+    def counting(cfg: Any, out: Path, evaluator: Any, *, n: int, k: int) -> dict[str, Any]:
         trained.append((n, k))
-        return run(cfg, out, n=n, k=k)
+        return run(cfg, out, evaluator, n=n, k=k)
 
     monkeypatch.setattr(sweep_module, "_run", counting)
     out = tmp_path / "sweep"
     rows = sweep(small_sweep(tiny_cache, out))
     assert [(r["n"], r["k"]) for r in rows] == [(n, k) for n in (16, 32, 64) for k in (2, 4)]
     assert all(r["nmse"] > 0 and 0 < r["l0"] <= r["k"] for r in rows)
-    assert all((out / f"n{r['n']}_k{r['k']}" / "sae.safetensors").is_file() for r in rows)
+    assert all((out / f"n{r['n']}_k{r['k']}" / "eval.json").is_file() for r in rows)
     with open(out / "results.csv") as handle:
         table = list(csv.DictReader(handle))
     assert len(table) == 6 and {"nmse", "delta_loss", "train_seconds"} <= set(table[0])
@@ -97,6 +97,27 @@ def test_a_tiny_sweep_writes_runs_table_and_fits(
     trained.clear()
     again = sweep(small_sweep(tiny_cache, out))
     assert trained == [(64, 4)] and len(again) == 6
+
+
+def test_shared_ablation_losses_equal_computing_them_per_run(
+    tiny_cache: Path, tiny_sae: Path, tiny_model_dir: Path
+) -> None:
+    from sae import load
+    from sae.cache import ActivationCache
+    from sae.evaluate import evaluate, held_out_contexts
+    from sae.lm import load_lm
+
+    cache, lm, model = (
+        ActivationCache(tiny_cache),
+        load_lm(str(tiny_model_dir)),
+        load(str(tiny_sae)),
+    )
+    token_ids = held_out_contexts(cache, lm.tokenizer, 4)
+    full = evaluate(model, lm, cache, token_ids)
+    shared = evaluate(
+        model, lm, cache, token_ids, ablations=(full.loss_zero_ablation, full.loss_mean_ablation)
+    )
+    assert shared == full
 
 
 def test_sweep_settings_are_checked() -> None:
