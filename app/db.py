@@ -102,10 +102,6 @@ class IndexDB:
                 self._vocab = texts
             return self._vocab
 
-    def token_text(self, token_id: int) -> str:
-        texts = self.vocab()
-        return texts[token_id] if 0 <= token_id < len(texts) else f"<token {token_id}>"
-
     # --- the latent table ---------------------------------------------------------------------
 
     def density_histogram(self) -> list[r.HistogramBin]:

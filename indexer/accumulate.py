@@ -94,7 +94,6 @@ class TokenSample:
     """Every token's sparse code in the contexts whose hash falls in a fixed share."""
 
     fraction: float  # share of contexts kept
-    held_out_fraction: float  # share of the kept contexts reserved for scoring explanations
     context_ids: list[np.ndarray] = field(default_factory=list)
     token_ids: list[np.ndarray] = field(default_factory=list)
     activations: list[np.ndarray] = field(default_factory=list)
@@ -146,14 +145,13 @@ class Accumulators:
         top_examples: int,
         quantile_sample: int,
         sample_fraction: float,
-        held_out_fraction: float,
         special_ids: np.ndarray,
     ) -> Accumulators:
         return cls(
             stats=LatentStats(n_latents),
             top=Reservoir(n_latents, top_examples, positions, "strongest"),
             sample=Reservoir(n_latents, quantile_sample, positions, "hash"),
-            tokens=TokenSample(sample_fraction, held_out_fraction),
+            tokens=TokenSample(sample_fraction),
             special_ids=special_ids,
         )
 

@@ -90,7 +90,6 @@ def build(cfg: BuildConfig, *, progress: bool = True) -> BuildSummary | None:
         top_examples=cfg.top_examples,
         quantile_sample=cfg.quantile_sample,
         sample_fraction=fraction,
-        held_out_fraction=cfg.held_out,
         special_ids=source.special_ids,
     )
     with ThreadPoolExecutor(max_workers=1) as loader:

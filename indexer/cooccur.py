@@ -13,13 +13,12 @@ import numpy as np
 import torch
 
 from indexer.fires import rank_in_runs
-from indexer.geometry import Ranked
+from indexer.geometry import Ranked, concat
 
 
 class FiredCodes(NamedTuple):
     """The sample's fires, one row per (token, latent) with activation > 0."""
 
-    token: np.ndarray  # (F,) flat token index in the sample
     latent: np.ndarray  # (F,)
     activation: np.ndarray  # (F,) float32
     token_id: np.ndarray  # (F,) the token's vocabulary id
@@ -31,7 +30,6 @@ def fired_codes(token_ids: np.ndarray, activations: np.ndarray, indices: np.ndar
     acts, idx = activations.reshape(-1, k), indices.reshape(-1, k)  # (M, k)
     token, slot = np.nonzero(acts > 0)  # (F,)
     return FiredCodes(
-        token=token,
         latent=idx[token, slot].astype(np.int64),
         activation=acts[token, slot],
         token_id=token_ids[:, 1:].reshape(-1)[token].astype(np.int64),
@@ -88,8 +86,7 @@ def coactivations(
             Ranked((row + first).numpy(), rank.numpy(), other.numpy(), best.values[keep].numpy())
         )
         counts.append(both[row, other].numpy())
-    ranked = Ranked(*(np.concatenate([getattr(p, f) for p in parts]) for f in Ranked._fields))
-    return Coactivation(ranked, np.concatenate(counts))
+    return Coactivation(concat(parts), np.concatenate(counts))
 
 
 class TokenTable(NamedTuple):

@@ -41,14 +41,6 @@ class Fires:
     def latent(self) -> np.ndarray:
         return self.cell // self.n_contexts
 
-    @property
-    def context(self) -> np.ndarray:
-        return self.cell % self.n_contexts
-
-    @property
-    def position(self) -> np.ndarray:
-        return self.flat % self.positions
-
     @classmethod
     def of(cls, chunk: Chunk, n_latents: int) -> Fires:
         n_ctx, positions, k = chunk.activations.shape

@@ -31,7 +31,7 @@ def _flatten(first: int, values: Tensor, indices: Tensor) -> Ranked:
     )
 
 
-def _concat(parts: list[Ranked]) -> Ranked:
+def concat(parts: list[Ranked]) -> Ranked:
     return Ranked(*(np.concatenate([getattr(p, f) for p in parts]) for f in Ranked._fields))
 
 
@@ -54,7 +54,7 @@ def logit_effects(
         down = effect.topk(top, dim=1, largest=False)
         promoted.append(_flatten(first, up.values, up.indices))
         suppressed.append(_flatten(first, down.values, down.indices))
-    return _concat(promoted), _concat(suppressed)
+    return concat(promoted), concat(suppressed)
 
 
 @torch.no_grad()
@@ -69,4 +69,4 @@ def decoder_neighbours(decoder: Tensor, *, top: int, block: int = 1024) -> Ranke
         cosine[rows, rows + first] = -torch.inf  # never its own neighbour
         best = cosine.topk(top, dim=1)
         parts.append(_flatten(first, best.values, best.indices))
-    return _concat(parts)
+    return concat(parts)

@@ -198,28 +198,71 @@ def evaluate(
     )
 
 
-def run_eval(cfg: EvalConfig) -> EvalResult:
-    from sae.formats import load
+class Evaluator:
+    """`sae eval` on one cache, for one SAE or a sweep of them: the LM, the held-out contexts
+    and the zero- and mean-ablation losses (per sink limit) do not depend on the SAE, so they
+    are loaded and computed once."""
 
-    cache = ActivationCache(cfg.acts)
-    model = load(cfg.sae, device=cfg.device).eval()
+    def __init__(
+        self, acts: str, *, contexts: int, batch_size: int = 16, device: str = "cpu"
+    ) -> None:
+        self.acts, self.batch_size, self.device = acts, batch_size, device
+        self.cache = ActivationCache(acts)
+        manifest = self.cache.manifest
+        self.lm = load_lm(
+            manifest["model"], dtype=manifest["settings"]["model_dtype"], device=device
+        )
+        self.token_ids = held_out_contexts(self.cache, self.lm.tokenizer, contexts)
+        self.ablations: dict[float, tuple[float, float]] = {}
+
+    def __call__(
+        self, sae_path: str | Path, *, model: SparseAutoencoder | None = None
+    ) -> EvalResult:
+        """Evaluate the SAE at `sae_path` (or `model`, already loaded from it); record the
+        result beside our SAE's weights."""
+        from sae.formats import load
+
+        if model is None:
+            model = load(str(sae_path), device=self.device)
+        model.eval()
+        check_fits(model, self.cache, sae=str(sae_path), acts=self.acts)
+        limit = sink_limit(model)
+        result = evaluate(
+            model,
+            self.lm,
+            self.cache,
+            self.token_ids,
+            batch_size=self.batch_size,
+            ablations=self.ablations.get(limit),
+        )
+        self.ablations[limit] = (result.loss_zero_ablation, result.loss_mean_ablation)
+        record_eval(Path(sae_path), result, acts=self.acts)
+        return result
+
+
+def check_fits(model: SparseAutoencoder, cache: ActivationCache, *, sae: str, acts: str) -> None:
+    """The SAE reads this cache's width and layer, or a clear error naming both."""
     if model.cfg.d_in != cache.d_model:
         raise AtlasError(
-            f"SAE {cfg.sae} has d_in {model.cfg.d_in}, but cache {cfg.acts} holds "
-            f"width {cache.d_model}"
+            f"SAE {sae} has d_in {model.cfg.d_in}, but cache {acts} holds width {cache.d_model}"
         )
     if model.cfg.layer is not None and model.cfg.layer != cache.layer:
         raise AtlasError(
-            f"SAE {cfg.sae} was trained at layer {model.cfg.layer}, the cache "
-            f"{cfg.acts} is layer {cache.layer}"
+            f"SAE {sae} was trained at layer {model.cfg.layer}, the cache {acts} is layer "
+            f"{cache.layer}"
         )
-    lm = load_lm(
-        cache.manifest["model"], dtype=cache.manifest["settings"]["model_dtype"], device=cfg.device
+
+
+def run_eval(cfg: EvalConfig) -> EvalResult:
+    """Check the SAE against the cache before loading the LM, then evaluate it."""
+    from sae.formats import load
+
+    model = load(cfg.sae, device=cfg.device)
+    check_fits(model, ActivationCache(cfg.acts), sae=cfg.sae, acts=cfg.acts)
+    evaluator = Evaluator(
+        cfg.acts, contexts=cfg.contexts, batch_size=cfg.batch_size, device=cfg.device
     )
-    token_ids = held_out_contexts(cache, lm.tokenizer, cfg.contexts)
-    result = evaluate(model, lm, cache, token_ids, batch_size=cfg.batch_size)
-    record_eval(Path(cfg.sae), result, acts=cfg.acts)
-    return result
+    return evaluator(cfg.sae, model=model)
 
 
 EVAL_RECORD = "eval.json"

@@ -16,16 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sae.cache import ActivationCache, write_json
-from sae.evaluate import (
-    EvalResult,
-    evaluate,
-    held_out_contexts,
-    record_eval,
-    sink_limit,
-)
-from sae.formats import load
-from sae.lm import load_lm
+from sae.cache import write_json
+from sae.evaluate import Evaluator
 from sae.scaling import fit_joint, fit_power_law
 from sae.train import TrainConfig, train
 
@@ -97,7 +89,7 @@ def sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
     out.mkdir(parents=True, exist_ok=True)
     done = {(row["n"], row["k"]) for row in read_results(out)}
     todo = [(n, k) for n, k in cfg.grid() if (n, k) not in done]
-    evaluator = SweepEvaluator(cfg) if todo else None
+    evaluator = Evaluator(cfg.acts, contexts=cfg.eval_contexts) if todo else None
     for n, k in todo:
         assert evaluator is not None
         row = _run(cfg, out, evaluator, n=n, k=k)
@@ -109,31 +101,7 @@ def sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
     return rows
 
 
-class SweepEvaluator:
-    """`sae eval` for every run of a sweep, sharing what does not depend on the SAE: the LM,
-    the held-out contexts, and the zero- and mean-ablation losses (per sink limit)."""
-
-    def __init__(self, cfg: SweepConfig) -> None:
-        self.acts = cfg.acts
-        self.cache = ActivationCache(cfg.acts)
-        manifest = self.cache.manifest
-        self.lm = load_lm(manifest["model"], dtype=manifest["settings"]["model_dtype"])
-        self.token_ids = held_out_contexts(self.cache, self.lm.tokenizer, cfg.eval_contexts)
-        self.ablations: dict[float, tuple[float, float]] = {}
-
-    def __call__(self, folder: Path) -> EvalResult:
-        model = load(str(folder)).eval()
-        limit = sink_limit(model)
-        known = self.ablations.get(limit)
-        result = evaluate(model, self.lm, self.cache, self.token_ids, ablations=known)
-        self.ablations[limit] = (result.loss_zero_ablation, result.loss_mean_ablation)
-        record_eval(folder, result, acts=self.acts)
-        return result
-
-
-def _run(
-    cfg: SweepConfig, out: Path, evaluator: SweepEvaluator, *, n: int, k: int
-) -> dict[str, Any]:
+def _run(cfg: SweepConfig, out: Path, evaluator: Evaluator, *, n: int, k: int) -> dict[str, Any]:
     folder = out / f"n{n}_k{k}"
     started = time.perf_counter()
     train(
