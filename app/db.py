@@ -74,19 +74,27 @@ class IndexDB:
             return connection.execute(statement).mappings().all()
 
     def _read_build(self) -> r.BuildInfo:
-        rows = self._rows(sa.select(s.build).limit(1))
-        if not rows:
+        versions = self._rows(sa.select(s.build.c.schema_version).limit(1))
+        if not versions:
             raise AtlasAppError(f"{self.path} has an empty build table", status=500)
-        row = dict(rows[0])
-        fields = r.BuildInfo.__dataclass_fields__
-        for name in ("sae_config", "settings", "versions", "metrics", "sae_eval", "training"):
-            row[name] = _json(row[name])
-        if row["schema_version"] != s.SCHEMA_VERSION:
+        if versions[0]["schema_version"] != s.SCHEMA_VERSION:  # before reading its columns
             raise AtlasAppError(
-                f"{self.path} is an index of schema version {row['schema_version']}; this "
-                f"app reads version {s.SCHEMA_VERSION}: rebuild it with `indexer build`",
+                f"{self.path} is an index of schema version {versions[0]['schema_version']}; "
+                f"this app reads version {s.SCHEMA_VERSION}: rebuild it with `indexer build`",
                 status=500,
             )
+        row = dict(self._rows(sa.select(s.build).limit(1))[0])
+        fields = r.BuildInfo.__dataclass_fields__
+        for name in (
+            "sae_config",
+            "settings",
+            "versions",
+            "metrics",
+            "sae_eval",
+            "training",
+            "report",
+        ):
+            row[name] = _json(row[name])
         return r.BuildInfo(**{k: v for k, v in row.items() if k in fields})
 
     # --- vocabulary -------------------------------------------------------------------------

@@ -40,6 +40,7 @@ class BuildInfo:
     metrics: dict[str, Any]
     sae_eval: dict[str, Any] | None
     training: dict[str, Any] | None
+    report: dict[str, Any] | None
     created_at: str
     seconds: float
     schema_version: int

@@ -35,6 +35,7 @@ from sae.evaluate import EVAL_RECORD, sink_limit
 from sae.formats import detect
 from sae.lm import LanguageModel, check_layer, load_config, load_lm
 from sae.model import SparseAutoencoder
+from sae.report.data import sae_report
 
 DEFAULT_STREAM_TOKENS = 200_000
 
@@ -272,6 +273,16 @@ def _last_training_step(path: Path) -> str | None:
         return None
 
 
+def _sae_report(folder: Path, fmt: str) -> str | None:
+    """The report `sae report` would write for this SAE, when it is one of our folders."""
+    if fmt != "ours" or not folder.is_dir():
+        return None
+    try:
+        return json.dumps(sae_report(folder))
+    except (AtlasError, OSError, ValueError):
+        return None  # a report is an extra: its absence never stops a build
+
+
 def _versions() -> dict[str, str]:
     import duckdb
     import transformers
@@ -325,6 +336,7 @@ def _build_row(
         "metrics": json.dumps(metrics),
         "sae_eval": _read_json(Path(cfg.sae).expanduser() / EVAL_RECORD),
         "training": _last_training_step(Path(cfg.sae).expanduser() / "metrics.jsonl"),
+        "report": _sae_report(Path(cfg.sae).expanduser(), fmt),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "seconds": seconds,
     }

@@ -9,25 +9,16 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from indexer import explain, tables
+from indexer import tables
 from indexer.accumulate import Accumulators
 from indexer.config import BuildConfig
 from indexer.cooccur import coactivations, fired_codes, token_tables
 from indexer.geometry import Ranked, decoder_neighbours, logit_effects
 from indexer.hashing import held_out
 from indexer.sources import ActivationSource
-from sae.lm import LanguageModel
+from sae import explain
+from sae.lm import LanguageModel, vocabulary
 from sae.model import SparseAutoencoder
-
-
-def vocabulary(lm: LanguageModel, size: int) -> tuple[list[str], np.ndarray]:
-    """Every token's text (as the tokenizer decodes it alone) and whether it is special."""
-    tokenizer = lm.tokenizer
-    texts = tokenizer.batch_decode([[i] for i in range(size)], clean_up_tokenization_spaces=False)
-    special = np.zeros(size, bool)
-    ids = [i for i in tokenizer.all_special_ids if 0 <= i < size]
-    special[ids] = True
-    return list(texts), special
 
 
 def unembedding(lm: LanguageModel) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 metadata = sa.MetaData()
 
 
@@ -49,6 +49,8 @@ build = sa.Table(
     sa.Column("metrics", sa.JSON, nullable=False),  # the index's own summary numbers
     sa.Column("sae_eval", sa.JSON),  # `sae eval` of this SAE (its eval.json), when recorded
     sa.Column("training", sa.JSON),  # the last training step (metrics.jsonl), when recorded
+    # `sae report`'s JSON of this SAE (config, eval, training curve, its sweep), when ours
+    sa.Column("report", sa.JSON),
     sa.Column("created_at", sa.String, nullable=False),
     sa.Column("seconds", sa.Float, nullable=False),
 )

@@ -62,16 +62,47 @@ def run_eval(args: argparse.Namespace) -> None:
         print(json.dumps(result, indent=2))
         return
     for name, value in result.items():
-        print(f"{name:28} {value:.4f}" if isinstance(value, float) else f"{name:28} {value}")
+        if name == "probe" and isinstance(value, dict):
+            for task, probe in value.get("tasks", {}).items():
+                print(f"{'probe ' + task:28} {probe['score']:.4f} (latent {probe['latent']})")
+            for task, why in value.get("skipped", {}).items():
+                print(f"{'probe ' + task:28} skipped: {why}")
+        elif isinstance(value, float):
+            print(f"{name:28} {value:.4f}")
+        else:
+            print(f"{name:28} {'—' if value is None else value}")
 
 
 def run_sweep(args: argparse.Namespace) -> None:
+    from sae.report.data import ReportConfig, write_report
     from sae.sweep import FITS, SweepConfig, summary_lines, sweep
 
     cfg = config_from_arguments(SweepConfig, args)
     rows = sweep(cfg)
     print("\n".join(summary_lines(rows, json.loads((Path(cfg.out) / FITS).read_text()))))
-    print(f"table: {Path(cfg.out) / 'results.csv'}; fits: {Path(cfg.out) / 'fits.json'}")
+    html, report = write_report(ReportConfig(path=cfg.out))
+    for finding in report_findings(report):
+        print(finding)
+    print(f"table: {Path(cfg.out) / 'results.csv'}; fits: {Path(cfg.out) / FITS}; report: {html}")
+
+
+def run_report(args: argparse.Namespace) -> None:
+    from sae.report.data import ReportConfig, write_report
+
+    cfg = config_from_arguments(ReportConfig, args)
+    html, report = write_report(cfg)
+    for finding in report_findings(report):
+        print(finding)
+    print(f"report: {html} (its data: {report})")
+
+
+def report_findings(report_json: Path) -> list[str]:
+    """One line per finding of a sweep report: verdict, claim, numbers."""
+    report = json.loads(report_json.read_text())
+    marks = {True: "holds", False: "DOES NOT HOLD", None: "not measured"}
+    return [
+        f"[{marks[f['holds']]}] {f['claim']}: {f['detail']}" for f in report.get("findings", [])
+    ]
 
 
 def run_convert(args: argparse.Namespace) -> None:
@@ -162,6 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_config_arguments(sweep_parser, SweepConfig)
     sweep_parser.set_defaults(handler=run_sweep)
+
+    from sae.report.data import ReportConfig
+
+    report_parser = commands.add_parser(
+        "report", help="a self-contained HTML report (and its JSON) of an SAE or a sweep"
+    )
+    add_config_arguments(report_parser, ReportConfig)
+    report_parser.set_defaults(handler=run_report)
 
     convert_parser = commands.add_parser(
         "convert", help="read an SAE from SAELens, sparsify or OpenAI files; write ours or SAELens"

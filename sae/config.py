@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Normalize = Literal["none", "scale", "layer_norm"]
+Activation = Literal["topk", "relu"]
 
 
 @dataclass
@@ -16,6 +17,13 @@ class SaeConfig:
     d_in: int = field(metadata={"help": "width of the activations (the model's d_model)"})
     n_latents: int = field(metadata={"help": "number of latents n"})
     k: int = field(metadata={"help": "active latents per token"})
+    activation: Activation = field(
+        default="topk",
+        metadata={
+            "help": "'topk' keeps the k largest pre-activations (the paper's SAE); 'relu' keeps "
+            "every positive one (the ReLU + L1 baseline), so k = n_latents"
+        },
+    )
     normalize: Normalize = field(
         default="scale",
         metadata={
@@ -58,6 +66,13 @@ class SaeConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.k > self.n_latents:
             raise ValueError(f"k ({self.k}) must not exceed n_latents ({self.n_latents})")
+        if self.activation not in ("topk", "relu"):
+            raise ValueError(f"activation must be topk or relu, got {self.activation!r}")
+        if self.activation == "relu" and self.k != self.n_latents:
+            raise ValueError(
+                f"a relu SAE keeps every positive latent: k must equal n_latents "
+                f"({self.n_latents}), got {self.k}"
+            )
         if self.normalize not in ("none", "scale", "layer_norm"):
             raise ValueError(f"normalize must be none, scale or layer_norm, got {self.normalize!r}")
         if not self.input_scale > 0:

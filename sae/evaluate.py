@@ -5,7 +5,10 @@ Metrics on held-out contexts (contexts of the same corpus that are not in the ca
 - explained variance: 1 - Var(x - x̂) / Var(x), per dimension, summed;
 - L0: mean number of active latents per token; dead fraction: latents that never fired;
 - downstream (the paper's §4.1): the model's next-token loss when the layer's output is replaced
-  by the SAE's reconstruction, next to the loss with the layer zero- and mean-ablated.
+  by the SAE's reconstruction, next to the loss with the layer zero- and mean-ablated, and the
+  KL divergence of the spliced model's next-token distribution from the clean one;
+- with `quality` on, the feature-quality metrics of sae/quality.py: explanation precision and
+  recall, the probe score, ablation sparsity.
 Attention sinks — position 0, and tokens whose norm is far above the median (the SAE's
 `max_norm_ratio`) — are never replaced and not scored: the SAE was not trained on them.
 """
@@ -13,10 +16,12 @@ Attention sinks — position 0, and tokens whose norm is far above the median (t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -26,8 +31,15 @@ from sae.cache import ActivationCache, write_json
 from sae.contexts import build_contexts
 from sae.corpus import open_corpus
 from sae.errors import AtlasError
-from sae.lm import LanguageModel, load_lm, next_token_loss
+from sae.lm import LanguageModel, load_lm, logits_with, next_token_loss_of, vocabulary
 from sae.model import SparseAutoencoder
+from sae.quality import (
+    ablation_sparsity,
+    encode_sample,
+    explanation_quality,
+    load_code_sample,
+    probe_quality,
+)
 
 
 @dataclass
@@ -38,12 +50,23 @@ class EvalConfig:
     acts: str = field(metadata={"help": "the activation cache the SAE was trained on"})
     contexts: int = field(default=64, metadata={"help": "held-out contexts to evaluate on"})
     batch_size: int = field(default=16, metadata={"help": "contexts per forward pass"})
+    quality: bool = field(
+        default=True,
+        metadata={"help": "also explanations, probes and ablation sparsity (sae/quality.py)"},
+    )
+    sample_contexts: int = field(
+        default=1024, metadata={"help": "cached contexts for explanations and probes"}
+    )
+    ablation_positions: int = field(
+        default=4, metadata={"help": "positions whose active latents are ablated one by one"}
+    )
     json: bool = field(default=False, metadata={"help": "print the result as JSON"})
     device: str = field(default="cpu", metadata={"help": "torch device"})
 
     def __post_init__(self) -> None:
-        if self.contexts <= 0 or self.batch_size <= 0:
-            raise ValueError("contexts and batch_size must be positive")
+        for name in ("contexts", "batch_size", "sample_contexts", "ablation_positions"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
 
 @dataclass
@@ -61,10 +84,18 @@ class EvalResult:
     delta_loss: float
     delta_loss_zero_ablation: float
     delta_loss_mean_ablation: float
+    kl: float
+    """Mean KL(clean || spliced) of the next-token distributions, nats per token."""
     n_tokens: int
     n_contexts: int
+    explanation_precision: float | None = None
+    explanation_recall: float | None = None
+    explained_fraction: float | None = None
+    probe_score: float | None = None
+    probe: dict[str, Any] | None = None
+    ablation_sparsity: float | None = None
 
-    def to_dict(self) -> dict[str, float | int]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -159,12 +190,12 @@ def evaluate(
     if ablations is None:
         variants["zero"] = torch.zeros_like
         variants["mean"] = lambda h: mean.expand_as(h)
-    xs, errs, l0 = [], [], 0.0
+    xs, errs, l0, kl = [], [], 0.0, 0.0
     fired = torch.zeros(model.cfg.n_latents, dtype=torch.bool)
     for batch in token_ids.split(batch_size):
         seen: list[Tensor] = []  # the clean forward's block output, read on the way through
-        clean = next_token_loss(lm, batch, layer=layer, replace=_recorder(seen))
-        losses["clean"] += len(batch) * float(clean)
+        clean = logits_with(lm, batch, layer=layer, replace=_recorder(seen))  # (b, T, V)
+        losses["clean"] += len(batch) * float(next_token_loss_of(clean, batch))
         x = seen[0][:, 1:].float()  # (b, T-1, d)
         x = x[x.norm(dim=-1) <= limit]  # (m, d) sinks left out, as in training
         out = model(x.to(model.device))
@@ -173,8 +204,10 @@ def evaluate(
         l0 += float((out.top_acts > 0).sum())
         fired[out.top_indices[out.top_acts > 0].cpu()] = True
         for name, values in variants.items():
-            loss = next_token_loss(lm, batch, layer=layer, replace=_splice(values, limit))
-            losses[name] += len(batch) * float(loss)
+            logits = logits_with(lm, batch, layer=layer, replace=_splice(values, limit))
+            losses[name] += len(batch) * float(next_token_loss_of(logits, batch))
+            if name == "sae":  # positions 1.. : position 0 is never replaced
+                kl += float(kl_divergence(clean[:, 1:], logits[:, 1:]).mean()) * len(batch)
     x_all, err_all = torch.cat(xs), torch.cat(errs)  # (N, d)
     n_tokens, n_contexts = len(x_all), len(token_ids)
     variance = (x_all - x_all.mean(0)).pow(2).sum(-1).mean()
@@ -193,9 +226,17 @@ def evaluate(
         delta_loss=mean_loss["sae"] - mean_loss["clean"],
         delta_loss_zero_ablation=mean_loss["zero"] - mean_loss["clean"],
         delta_loss_mean_ablation=mean_loss["mean"] - mean_loss["clean"],
+        kl=kl / n_contexts,
         n_tokens=n_tokens,
         n_contexts=n_contexts,
     )
+
+
+def kl_divergence(reference: Tensor, other: Tensor) -> Tensor:
+    """KL(softmax(reference) || softmax(other)) over the last axis, (..., V) -> (...)."""
+    log_p = reference.float().log_softmax(-1)
+    log_q = other.float().log_softmax(-1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
 class Evaluator:
@@ -204,7 +245,13 @@ class Evaluator:
     are loaded and computed once."""
 
     def __init__(
-        self, acts: str, *, contexts: int, batch_size: int = 16, device: str = "cpu"
+        self,
+        acts: str,
+        *,
+        contexts: int,
+        batch_size: int = 16,
+        device: str = "cpu",
+        quality: Quality | None = None,
     ) -> None:
         self.acts, self.batch_size, self.device = acts, batch_size, device
         self.cache = ActivationCache(acts)
@@ -214,6 +261,13 @@ class Evaluator:
         )
         self.token_ids = held_out_contexts(self.cache, self.lm.tokenizer, contexts)
         self.ablations: dict[float, tuple[float, float]] = {}
+        self.quality = quality
+        if quality is not None:
+            self.sample = load_code_sample(self.cache, quality.sample_contexts)
+            size = max(
+                self.lm.model.get_output_embeddings().weight.shape[0], len(self.lm.tokenizer)
+            )
+            self.vocab, _ = vocabulary(self.lm, size)
 
     def __call__(
         self, sae_path: str | Path, *, model: SparseAutoencoder | None = None
@@ -236,8 +290,36 @@ class Evaluator:
             ablations=self.ablations.get(limit),
         )
         self.ablations[limit] = (result.loss_zero_ablation, result.loss_mean_ablation)
+        if self.quality is not None:
+            result = dataclasses.replace(result, **self._quality(model, limit))
         record_eval(Path(sae_path), result, acts=self.acts)
         return result
+
+    def _quality(self, model: SparseAutoencoder, limit: float) -> dict[str, Any]:
+        assert self.quality is not None
+        codes = encode_sample(model, self.sample, limit=limit)
+        n, tokens = model.cfg.n_latents, self.sample.token_ids
+        return {
+            **explanation_quality(tokens, codes, vocab=self.vocab, n_latents=n),
+            **probe_quality(tokens, codes, vocab=self.vocab, n_latents=n),
+            "ablation_sparsity": ablation_sparsity(
+                model,
+                self.lm,
+                self.token_ids,
+                layer=self.cache.layer,
+                limit=limit,
+                positions=self.quality.ablation_positions,
+            ),
+        }
+
+
+class Quality(NamedTuple):
+    """How much data the feature-quality metrics read."""
+
+    sample_contexts: int = 1024
+    """Cached contexts (the cache's last) for explanations and probes."""
+    ablation_positions: int = 4
+    """Held-out (context, position) pairs whose active latents are ablated one by one."""
 
 
 def check_fits(model: SparseAutoencoder, cache: ActivationCache, *, sae: str, acts: str) -> None:
@@ -259,8 +341,13 @@ def run_eval(cfg: EvalConfig) -> EvalResult:
 
     model = load(cfg.sae, device=cfg.device)
     check_fits(model, ActivationCache(cfg.acts), sae=cfg.sae, acts=cfg.acts)
+    quality = Quality(cfg.sample_contexts, cfg.ablation_positions) if cfg.quality else None
     evaluator = Evaluator(
-        cfg.acts, contexts=cfg.contexts, batch_size=cfg.batch_size, device=cfg.device
+        cfg.acts,
+        contexts=cfg.contexts,
+        batch_size=cfg.batch_size,
+        device=cfg.device,
+        quality=quality,
     )
     return evaluator(cfg.sae, model=model)
 

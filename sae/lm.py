@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -248,14 +249,14 @@ def residual_stream(lm: LanguageModel, input_ids: torch.Tensor, layer: int) -> t
 
 
 @torch.inference_mode()
-def next_token_loss(
+def logits_with(
     lm: LanguageModel,
     input_ids: torch.Tensor,
     *,
     layer: int | None = None,
     replace: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Mean next-token cross-entropy of (B, T) contexts, optionally editing one layer.
+    """Logits (B, T, vocab) of (B, T) contexts, optionally editing one layer.
 
     With `layer` and `replace`, the output of block `layer` is swapped for `replace(output)`
     before the rest of the model runs: this is how an SAE's reconstruction is spliced in.
@@ -271,9 +272,35 @@ def next_token_loss(
 
         handle = lm.blocks()[layer].register_forward_hook(hook)
     try:
-        ids = input_ids.to(lm.device)
-        logits = lm.model(input_ids=ids, use_cache=False).logits  # (B, T, vocab)
+        return lm.model(input_ids=input_ids.to(lm.device), use_cache=False).logits
     finally:
         if handle is not None:
             handle.remove()
+
+
+def next_token_loss_of(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy from logits (B, T, V) of contexts (B, T)."""
+    ids = input_ids.to(logits.device)
     return nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
+
+
+@torch.inference_mode()
+def next_token_loss(
+    lm: LanguageModel,
+    input_ids: torch.Tensor,
+    *,
+    layer: int | None = None,
+    replace: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Mean next-token cross-entropy of (B, T) contexts, optionally editing one layer."""
+    return next_token_loss_of(logits_with(lm, input_ids, layer=layer, replace=replace), input_ids)
+
+
+def vocabulary(lm: LanguageModel, size: int) -> tuple[list[str], np.ndarray]:
+    """Every token's text (as the tokenizer decodes it alone) and whether it is special."""
+    tokenizer = lm.tokenizer
+    texts = tokenizer.batch_decode([[i] for i in range(size)], clean_up_tokenization_spaces=False)
+    special = np.zeros(size, bool)
+    ids = [i for i in tokenizer.all_special_ids if 0 <= i < size]
+    special[ids] = True
+    return list(texts), special

@@ -2,8 +2,11 @@
 
     z = ReLU(TopK_k(W_enc (x - b_pre) + b_enc))        x̂ = W_dec z + b_pre
 
-on normalised inputs (see `SaeConfig.normalize`), undone on decode. W_enc and W_dec are both
-stored (n, d), so a latent's decoder direction is one contiguous row for the sparse kernels.
+on normalised inputs (see `SaeConfig.normalize`), undone on decode. With `activation="relu"` it
+is the paper's baseline instead, z = ReLU(W_enc (x - b_pre) + b_enc) with every positive latent
+kept, trained with an L1 penalty (`ForwardOutput.l1`); its codes are dense (k = n). W_enc and
+W_dec are both stored (n, d), so a latent's decoder direction is one contiguous row for the
+sparse kernels.
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ class ForwardOutput(NamedTuple):
     """AuxK loss on the residual, from dead latents only; 0 without dead latents (scalar)."""
     multi_topk_fvu: Tensor
     """Normalised MSE with 4k latents when `multi_topk` is on, else 0 (scalar)."""
+    l1: Tensor
+    """Mean L1 norm of the codes per token, the ReLU baseline's sparsity penalty; decoder rows
+    have unit norm, so this is the paper's sum_i |z_i| ||W_dec,i|| (scalar, 0 for TopK)."""
 
 
 class AuxSelection(NamedTuple):
@@ -82,13 +88,17 @@ class SparseAutoencoder(nn.Module):
     # --- initialisation ----------------------------------------------------------------------
 
     @torch.no_grad()
-    def reset_parameters(self, *, seed: int | None = None) -> None:
-        """Tied init: W_dec = W_enc with unit-norm rows; b_enc = 0."""
+    def reset_parameters(self, *, seed: int | None = None, tied: bool = True) -> None:
+        """Tied init: W_dec = W_enc with unit-norm rows; b_enc = 0. Untied (`tied=False`, for
+        the paper's comparison only): the encoder gets its own random unit-norm rows."""
         generator = torch.Generator(device="cpu")
         generator.manual_seed(0 if seed is None else seed)
         weight = torch.randn(self.W_enc.shape, generator=generator)  # (n, d)
         weight /= weight.norm(dim=-1, keepdim=True)
         self.W_dec.copy_(weight)
+        if not tied:
+            weight = torch.randn(self.W_enc.shape, generator=generator)  # (n, d)
+            weight /= weight.norm(dim=-1, keepdim=True)
         self.W_enc.copy_(weight)
         self.b_enc.zero_()
 
@@ -109,8 +119,8 @@ class SparseAutoencoder(nn.Module):
         generator = torch.Generator(device="cpu").manual_seed(seed)
         probe = torch.randn(256, self.cfg.d_in, generator=generator).to(self.W_enc.device)
         probe /= probe.norm(dim=-1, keepdim=True)  # (256, d) random unit inputs
-        acts, idx = topk_encode(probe.to(self.W_enc.dtype), self.W_enc, self.b_enc, self.cfg.k)
-        norm = float(sparse_decode(acts, idx, self.W_dec).norm(dim=-1).mean())
+        acts, idx = self._encode_normalised(probe.to(self.W_enc.dtype), self.cfg.k, fold=False)
+        norm = float(self._decode_normalised(acts, idx).norm(dim=-1).mean())
         if norm > 0:
             self.W_enc.mul_(1.0 / norm)
 
@@ -150,7 +160,7 @@ class SparseAutoencoder(nn.Module):
         self, top_acts: Tensor, top_indices: Tensor, *, stats: tuple[Tensor, Tensor] | None = None
     ) -> Tensor:
         """Latents (..., k) → reconstruction (..., d) in the raw input space."""
-        normalised = sparse_decode(top_acts, top_indices, self.W_dec) + self.b_pre  # (..., d)
+        normalised = self._decode_normalised(top_acts, top_indices) + self.b_pre  # (..., d)
         return self.denormalize(normalised, stats)
 
     def forward(
@@ -162,27 +172,47 @@ class SparseAutoencoder(nn.Module):
         `fvu_denominator` is MSE(mean(x), x) measured once on a sample (per batch if None).
         """
         xn, stats = self.normalize(x.to(self.W_enc.dtype))  # (B, d)
-        n_dead = int(dead_mask.sum()) if dead_mask is not None else 0
+        topk = self.cfg.activation == "topk"  # AuxK and Multi-TopK belong to TopK
+        n_dead = int(dead_mask.sum()) if dead_mask is not None and topk else 0
         aux: AuxSelection | None = None
         if n_dead > 0:
             assert dead_mask is not None
             (acts, idx), aux = self._encode_with_aux(xn, dead_mask, n_dead)  # (B, k)
         else:
             acts, idx = self._encode_normalised(xn, self.cfg.k)  # (B, k)
-        recon = sparse_decode(acts, idx, self.W_dec) + self.b_pre  # (B, d)
+        recon = self._decode_normalised(acts, idx) + self.b_pre  # (B, d)
         denominator = fvu_denominator if fvu_denominator is not None else _variance(xn)
         residual = xn - recon  # (B, d)
         fvu = residual.pow(2).sum(-1).mean() / denominator
         auxk = self._auxk_loss(residual.detach(), aux)
         multi = torch.zeros((), device=x.device)
-        if self.cfg.multi_topk:
+        if self.cfg.multi_topk and topk:
             acts4, idx4 = self._encode_normalised(xn, min(4 * self.cfg.k, self.cfg.n_latents))
             recon4 = sparse_decode(acts4, idx4, self.W_dec) + self.b_pre
             multi = (xn - recon4).pow(2).sum(-1).mean() / denominator
-        return ForwardOutput(self.denormalize(recon, stats), acts, idx, fvu, auxk, multi)
+        l1 = acts.sum(-1).mean() if self.cfg.activation == "relu" else torch.zeros_like(fvu)
+        return ForwardOutput(self.denormalize(recon, stats), acts, idx, fvu, auxk, multi, l1)
 
-    def _encode_normalised(self, xn: Tensor, k: int) -> EncoderOutput:
-        return topk_encode(xn, self.W_enc, self._folded_bias(), k)
+    def _encode_normalised(self, xn: Tensor, k: int, *, fold: bool = True) -> EncoderOutput:
+        """Normalised inputs (..., d) → codes; `fold=False` leaves b_pre out (init only)."""
+        bias = self._folded_bias() if fold else self.b_enc
+        if self.cfg.activation == "relu":  # every positive latent, densely: (..., n)
+            acts = (xn @ self.W_enc.T + bias).relu()
+            return EncoderOutput(
+                acts, torch.arange(acts.shape[-1], device=acts.device).expand_as(acts)
+            )
+        return topk_encode(xn, self.W_enc, bias, k)
+
+    def _decode_normalised(self, top_acts: Tensor, top_indices: Tensor) -> Tensor:
+        """Codes (..., k) → W_dec z (..., d); dense for a ReLU SAE's (..., n) codes."""
+        if self.cfg.activation == "relu":
+            dense = torch.zeros(
+                (*top_acts.shape[:-1], self.cfg.n_latents),
+                device=top_acts.device,
+                dtype=top_acts.dtype,
+            ).scatter(-1, top_indices, top_acts)  # (..., n)
+            return dense @ self.W_dec
+        return sparse_decode(top_acts, top_indices, self.W_dec)
 
     def _folded_bias(self) -> Tensor:
         """b_enc - W_enc b_pre, so that W_enc (x - b_pre) + b_enc = W_enc x + this (n,).

@@ -12,28 +12,56 @@ from __future__ import annotations
 import csv
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sae.cache import write_json
-from sae.evaluate import Evaluator
+from sae.evaluate import Evaluator, Quality
 from sae.scaling import fit_joint, fit_power_law
 from sae.train import TrainConfig, train
 
 RESULTS = "results.jsonl"
 FITS = "fits.json"
 COLUMNS = (
+    "name",
+    "group",
+    "activation",
     "n",
     "k",
+    "l1_coef",
+    "tied_init",
+    "auxk",
     "tokens",
     "nmse",
     "l0",
     "dead_fraction",
+    "explained_variance",
     "delta_loss",
+    "kl",
     "delta_loss_mean_ablation",
+    "explanation_precision",
+    "explanation_recall",
+    "explained_fraction",
+    "ablation_sparsity",
+    "probe_score",
     "train_seconds",
     "eval_seconds",
+)
+METRICS = (
+    "nmse",
+    "l0",
+    "explained_variance",
+    "delta_loss",
+    "kl",
+    "delta_loss_zero_ablation",
+    "delta_loss_mean_ablation",
+    "explanation_precision",
+    "explanation_recall",
+    "explained_fraction",
+    "ablation_sparsity",
+    "probe_score",
+    "probe",
 )
 
 
@@ -47,6 +75,30 @@ def parse_sizes(text: str, *, name: str) -> list[int]:
     return sorted(set(values))
 
 
+def parse_coefficients(text: str, *, name: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"{name} must be comma-separated numbers, got {text!r}") from None
+    if any(not v > 0 for v in values):
+        raise ValueError(f"{name} must list positive numbers, got {text!r}")
+    return sorted(set(values))
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One SAE of the sweep: where it sits in the comparison and how to train it."""
+
+    name: str  # its folder under the sweep's --out
+    group: str  # "grid" (n x k), "relu" (the ReLU + L1 baseline), "dead" (init/AuxK variants)
+    n: int
+    k: int | None  # None for a ReLU SAE
+    activation: str = "topk"
+    l1_coef: float | None = None
+    tied_init: bool = True
+    auxk: bool = True
+
+
 @dataclass
 class SweepConfig:
     """Settings of `sae sweep`. Field help texts become `sae sweep --help`."""
@@ -56,24 +108,91 @@ class SweepConfig:
     latents: str = field(
         default="512,1024,2048,4096", metadata={"help": "comma-separated numbers of latents n"}
     )
-    k: str = field(default="8,16,32,64", metadata={"help": "comma-separated values of k"})
+    k: str = field(default="8,16,32", metadata={"help": "comma-separated values of k"})
     tokens: int = field(
-        default=400_000, metadata={"help": "training tokens per run (the same for every run)"}
+        default=250_000,
+        metadata={"help": "training tokens of the smallest n (larger n get more, see below)"},
     )
-    batch_size: int = field(default=4096, metadata={"help": "tokens per training step"})
+    token_exponent: float = field(
+        default=0.6,
+        metadata={
+            "help": "a run with n latents trains on tokens * (n / smallest n)^this tokens: "
+            "the paper finds tokens to convergence grow about as n^0.6"
+        },
+    )
+    batch_size: int = field(default=1024, metadata={"help": "tokens per training step"})
+    relu_l1: str = field(
+        default="0.05,0.1,0.2,0.4",
+        metadata={"help": "L1 coefficients of the ReLU + L1 baselines ('' for none)"},
+    )
+    frontier_latents: int = field(
+        default=1024, metadata={"help": "n of the ReLU baselines (one of --latents)"}
+    )
+    dead_latents: int = field(
+        default=2048,
+        metadata={"help": "n of the tied-init/AuxK variants (one of --latents; 0 for none)"},
+    )
+    dead_k: int = field(default=16, metadata={"help": "k of those variants (one of --k)"})
     eval_contexts: int = field(default=32, metadata={"help": "held-out contexts per eval"})
+    quality: bool = field(
+        default=True, metadata={"help": "explanations, probes and ablation sparsity per run"}
+    )
+    sample_contexts: int = field(
+        default=1024, metadata={"help": "cached contexts for explanations and probes"}
+    )
+    ablation_positions: int = field(
+        default=4, metadata={"help": "positions whose active latents are ablated one by one"}
+    )
     progress: bool = field(default=True, metadata={"help": "progress bars"})
 
     def __post_init__(self) -> None:
-        parse_sizes(self.latents, name="latents")
-        parse_sizes(self.k, name="k")
-        for name in ("tokens", "batch_size", "eval_contexts"):
+        latents = parse_sizes(self.latents, name="latents")
+        ks = parse_sizes(self.k, name="k")
+        if (
+            parse_coefficients(self.relu_l1, name="relu_l1")
+            and self.frontier_latents not in latents
+        ):
+            raise ValueError(
+                f"frontier_latents {self.frontier_latents} must be one of --latents {self.latents}"
+            )
+        if self.dead_latents and (self.dead_latents not in latents or self.dead_k not in ks):
+            raise ValueError(
+                f"dead_latents {self.dead_latents} and dead_k {self.dead_k} must be in "
+                f"--latents {self.latents} and --k {self.k}"
+            )
+        for name in ("tokens", "batch_size", "eval_contexts", "sample_contexts"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.token_exponent < 0:
+            raise ValueError(f"token_exponent must not be negative, got {self.token_exponent}")
 
     def grid(self) -> list[tuple[int, int]]:
         ks = parse_sizes(self.k, name="k")
         return [(n, k) for n in parse_sizes(self.latents, name="latents") for k in ks if k <= n]
+
+    def runs(self) -> list[RunSpec]:
+        """The grid, then the ReLU baselines, then the dead-latent variants."""
+        specs = [RunSpec(f"n{n}_k{k}", "grid", n, k) for n, k in self.grid()]
+        for coef in parse_coefficients(self.relu_l1, name="relu_l1"):
+            n = self.frontier_latents
+            specs.append(RunSpec(f"relu_n{n}_l1_{coef:g}", "relu", n, None, "relu", coef))
+        if self.dead_latents:
+            n, k = self.dead_latents, self.dead_k
+            for tied, auxk, suffix in (
+                (False, False, "neither"),
+                (False, True, "untied"),
+                (True, False, "no_auxk"),
+            ):
+                specs.append(
+                    RunSpec(f"n{n}_k{k}_{suffix}", "dead", n, k, tied_init=tied, auxk=auxk)
+                )
+        return specs
+
+    def tokens_for(self, n: int) -> int:
+        """Training tokens of a run with n latents, a whole number of batches."""
+        smallest = parse_sizes(self.latents, name="latents")[0]
+        tokens = self.tokens * (n / smallest) ** self.token_exponent
+        return max(round(tokens / self.batch_size), 1) * self.batch_size
 
 
 def read_results(out: Path) -> list[dict[str, Any]]:
@@ -84,34 +203,43 @@ def read_results(out: Path) -> list[dict[str, Any]]:
 
 
 def sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
-    """Train and evaluate every (n, k) not yet in results.jsonl; write the table and fits."""
+    """Train and evaluate every run not yet in results.jsonl; write the table and fits."""
     out = Path(cfg.out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    done = {(row["n"], row["k"]) for row in read_results(out)}
-    todo = [(n, k) for n, k in cfg.grid() if (n, k) not in done]
-    evaluator = Evaluator(cfg.acts, contexts=cfg.eval_contexts) if todo else None
-    for n, k in todo:
+    write_json(out / "sweep.json", asdict(cfg))
+    done = {row.get("name") for row in read_results(out)}
+    todo = [spec for spec in cfg.runs() if spec.name not in done]
+    evaluator = None
+    if todo:
+        quality = Quality(cfg.sample_contexts, cfg.ablation_positions) if cfg.quality else None
+        evaluator = Evaluator(cfg.acts, contexts=cfg.eval_contexts, quality=quality)
+    for spec in todo:
         assert evaluator is not None
-        row = _run(cfg, out, evaluator, n=n, k=k)
+        row = _run(cfg, out, evaluator, spec)
         with open(out / RESULTS, "a") as handle:
             handle.write(json.dumps(row) + "\n")
-    rows = sorted(read_results(out), key=lambda row: (row["n"], row["k"]))
+    order = {spec.name: i for i, spec in enumerate(cfg.runs())}
+    rows = sorted(read_results(out), key=lambda row: order.get(row["name"], len(order)))
     _write_table(out / "results.csv", rows)
     write_json(out / FITS, fits(rows))
     return rows
 
 
-def _run(cfg: SweepConfig, out: Path, evaluator: Evaluator, *, n: int, k: int) -> dict[str, Any]:
-    folder = out / f"n{n}_k{k}"
+def _run(cfg: SweepConfig, out: Path, evaluator: Evaluator, spec: RunSpec) -> dict[str, Any]:
+    folder = out / spec.name
     started = time.perf_counter()
     train(
         TrainConfig(
             out=str(folder),
             acts=cfg.acts,
-            latents=n,
-            k=k,
+            latents=spec.n,
+            k=spec.k or 1,
+            activation="relu" if spec.activation == "relu" else "topk",
+            l1_coef=spec.l1_coef or 0.0,
+            tied_init=spec.tied_init,
+            auxk=spec.auxk,
             batch_size=cfg.batch_size,
-            tokens=cfg.tokens,
+            tokens=cfg.tokens_for(spec.n),
             resume=True,
             progress=cfg.progress,
         )
@@ -119,14 +247,24 @@ def _run(cfg: SweepConfig, out: Path, evaluator: Evaluator, *, n: int, k: int) -
     trained = time.perf_counter()
     values = evaluator(folder).to_dict()
     return {
-        "n": n,
-        "k": k,
-        "tokens": cfg.tokens,
-        **{name: values[name] for name in COLUMNS if name in values},
+        **asdict(spec),
+        "tokens": cfg.tokens_for(spec.n),
+        **{name: values.get(name) for name in METRICS},
+        "dead_fraction": final_dead_fraction(folder),
         "train_seconds": trained - started,
         "eval_seconds": time.perf_counter() - trained,
         "sae": str(folder),
     }
+
+
+def final_dead_fraction(folder: Path) -> float | None:
+    """Latents that did not fire in the last `dead_tokens` tokens of training (the paper's
+    notion of dead), from the run's last metrics line."""
+    path = folder / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    lines = path.read_text().splitlines()
+    return float(json.loads(lines[-1])["dead_fraction"]) if lines else None
 
 
 def _write_table(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -141,7 +279,7 @@ def _write_table(path: Path, rows: list[dict[str, Any]]) -> None:
 def fits(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """L(n) at every k with 3 or more n; the joint L(n, k) with 7 or more runs; else why not."""
     result: dict[str, Any] = {"per_k": {}, "joint": None, "notes": []}
-    usable = [row for row in rows if row.get("nmse", 0) > 0]
+    usable = [row for row in grid_rows(rows) if (row.get("nmse") or 0) > 0]
     for k in sorted({row["k"] for row in usable}):
         at_k = [row for row in usable if row["k"] == k]
         if len(at_k) >= 3:
@@ -159,12 +297,24 @@ def fits(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return result
 
 
+def grid_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The TopK n x k grid (rows of sweeps before groups existed count as grid)."""
+    return [row for row in rows if row.get("group", "grid") == "grid"]
+
+
 def summary_lines(rows: list[dict[str, Any]], fitted: dict[str, Any]) -> list[str]:
-    lines = [f"{'n':>7} {'k':>4} {'nmse':>8} {'L0':>6} {'dead':>7} {'dLoss':>8} {'train s':>8}"]
+    lines = [
+        f"{'run':>24} {'L0':>6} {'nmse':>7} {'dead':>6} {'dLoss':>7} {'KL':>6} "
+        f"{'prec':>5} {'rec':>5} {'abl':>5} {'probe':>5} {'train s':>7}"
+    ]
     for row in rows:
         lines.append(
-            f"{row['n']:>7} {row['k']:>4} {row['nmse']:>8.4f} {row['l0']:>6.1f} "
-            f"{row['dead_fraction']:>7.2%} {row['delta_loss']:>8.4f} {row['train_seconds']:>8.1f}"
+            f"{row['name']:>24} {_f(row['l0'], '6.1f')} {_f(row['nmse'], '7.4f')} "
+            f"{_f(row['dead_fraction'], '6.1%')} {_f(row['delta_loss'], '7.4f')} "
+            f"{_f(row.get('kl'), '6.3f')} {_f(row.get('explanation_precision'), '5.2f')} "
+            f"{_f(row.get('explanation_recall'), '5.2f')} "
+            f"{_f(row.get('ablation_sparsity'), '5.3f')} "
+            f"{_f(row.get('probe_score'), '5.3f')} {_f(row['train_seconds'], '7.1f')}"
         )
     for k, fit in fitted["per_k"].items():
         p, e = fit["params"], fit["stderr"]
@@ -175,3 +325,8 @@ def summary_lines(rows: list[dict[str, Any]], fitted: dict[str, Any]) -> list[st
         )
     lines.extend(fitted["notes"])
     return lines
+
+
+def _f(value: float | None, spec: str) -> str:
+    width = int(spec.split(".")[0])
+    return f"{value:{spec}}" if value is not None else "—".rjust(width)

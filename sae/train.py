@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 import sae as sae_package
 from sae.cache import ActivationCache
-from sae.config import Normalize, SaeConfig
+from sae.config import Activation, Normalize, SaeConfig
 from sae.data import ShuffledTokens
 from sae.errors import AtlasError
 from sae.model import ForwardOutput, SparseAutoencoder, default_learning_rate
@@ -62,6 +62,17 @@ class TrainConfig:
     )
     lr: float = field(default=0.0, metadata={"help": "learning rate; 0 means 2e-4/sqrt(n/2^14)"})
     warmup_steps: int = field(default=50, metadata={"help": "linear learning-rate warm-up"})
+    activation: Activation = field(
+        default="topk",
+        metadata={"help": "topk (the paper's SAE) or relu (the ReLU + L1 baseline; k unused)"},
+    )
+    l1_coef: float = field(
+        default=0.0, metadata={"help": "weight of the L1 penalty; relu only, and needed there"}
+    )
+    tied_init: bool = field(
+        default=True,
+        metadata={"help": "start the encoder as the decoder's transpose (off: for comparison)"},
+    )
     auxk: bool = field(default=True, metadata={"help": "AuxK loss from dead latents"})
     k_aux: int = field(default=0, metadata={"help": "dead latents in AuxK; 0 means min(512, d/2)"})
     dead_tokens: int = field(
@@ -94,8 +105,12 @@ class TrainConfig:
         for name in ("tokens", "lr", "warmup_steps", "k_aux", "dead_tokens"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
-        if self.k > self.latents:
+        if self.k > self.latents and self.activation == "topk":
             raise ValueError(f"k ({self.k}) must not exceed latents ({self.latents})")
+        if self.activation == "relu" and self.l1_coef <= 0:
+            raise ValueError("l1_coef must be positive for a relu SAE (its only sparsity)")
+        if self.activation == "topk" and self.l1_coef:
+            raise ValueError("l1_coef applies to relu SAEs only; a topk SAE is sparse by k")
         if not self.acts and self.tokens <= 0:
             raise ValueError("tokens must be given when training without --acts (streaming)")
 
@@ -263,7 +278,8 @@ def _setup(
     sae_cfg = SaeConfig(
         d_in=d,
         n_latents=cfg.latents,
-        k=cfg.k,
+        k=code_size(cfg),
+        activation=cfg.activation,
         normalize=cfg.normalize,
         multi_topk=cfg.multi_topk,
         k_aux=cfg.k_aux or min(512, d // 2),
@@ -279,7 +295,7 @@ def _setup(
     )
     torch.manual_seed(cfg.seed)
     sae = SparseAutoencoder(sae_cfg, device=cfg.device)
-    sae.reset_parameters(seed=cfg.seed)
+    sae.reset_parameters(seed=cfg.seed, tied=cfg.tied_init)
     sample = next(data.batches.batches(start_token=0)).float()  # (B, d): the same on all ranks
     sae.init_from_data(sample, seed=cfg.seed)
     normalised, _ = sae.normalize(sample.to(cfg.device))
@@ -290,6 +306,11 @@ def _setup(
     lr = cfg.lr or default_learning_rate(cfg.latents)
     optimizer = make_optimizer(sae, lr)
     return sae, optimizer, state
+
+
+def code_size(cfg: TrainConfig) -> int:
+    """Latents in one token's code: k, or all of them for a ReLU SAE."""
+    return cfg.latents if cfg.activation == "relu" else cfg.k
 
 
 def make_optimizer(sae: SparseAutoencoder, lr: float) -> torch.optim.Optimizer:
@@ -319,6 +340,8 @@ def _step(
         fvu_denominator=state.fvu_denominator,
     )
     loss = output.fvu + sae.cfg.auxk_coef * output.auxk_loss + output.multi_topk_fvu / 8
+    if cfg.l1_coef:
+        loss = loss + cfg.l1_coef * output.l1
     loss.backward()
     fired = torch.zeros(sae.cfg.n_latents, dtype=torch.long, device=batch.device)
     fired.index_add_(
@@ -356,6 +379,7 @@ def _metrics(
         "fvu": float(output.fvu.detach()),
         "auxk_loss": float(output.auxk_loss.detach()),
         "multi_topk_fvu": float(output.multi_topk_fvu.detach()),
+        "l1": float(output.l1.detach()),
         "l0": float((output.top_acts > 0).sum(-1).float().mean()),
         "dead_fraction": float((state.tokens_since_fired >= dead_tokens).float().mean()),
         "lr": lr,
@@ -397,7 +421,8 @@ def load_checkpoint(
     sae = load_ours(folder, device=cfg.device)
     for name, ours, theirs in (
         ("latents", cfg.latents, sae.cfg.n_latents),
-        ("k", cfg.k, sae.cfg.k),
+        ("k", code_size(cfg), sae.cfg.k),
+        ("activation", cfg.activation, sae.cfg.activation),
     ):
         if ours != theirs:
             raise AtlasError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from bs4 import BeautifulSoup
@@ -47,3 +48,41 @@ def test_pages_link_to_each_other_and_carry_a_content_security_policy(app_client
     assert "script-src 'self'" in response.headers["content-security-policy"]
     links = {a["href"] for a in BeautifulSoup(response.text, "html.parser").select("nav a")}
     assert {"/", "/latents", "/search", "/live"} <= links
+
+
+def test_overview_shows_the_report_figures_of_a_trained_sae(
+    tmp_path: Path, tiny_cache: Path
+) -> None:
+    from starlette.testclient import TestClient
+
+    from app.main import create_app
+    from app.settings import AppSettings
+    from sae.train import TrainConfig, train
+    from tests.conftest import _index_tiny
+
+    sae_folder = tmp_path / "sae"
+    train(
+        TrainConfig(
+            out=str(sae_folder),
+            acts=str(tiny_cache),
+            latents=32,
+            k=4,
+            batch_size=128,
+            tokens=128 * 8,
+            progress=False,
+        )
+    )
+    index = _index_tiny(sae_folder, tiny_cache, tmp_path / "index.duckdb")
+    with TestClient(create_app(AppSettings(index=index))) as client:
+        html = page(client, "/")
+        report = client.get("/api/build").json()["report"]
+    figures = html.select("#sae-report figure.report-figure")
+    assert [f["id"] for f in figures] == ["training-nmse", "training-dead"]
+    desc = figures[0].select_one("svg desc")
+    assert desc is not None and str(report["training"][-1]["tokens"]) in desc.get_text()
+    assert len(report["training"]) == 8 and report["cfg"]["n_latents"] == 32
+
+
+def test_overview_of_an_sae_without_a_training_record_has_no_report(app_client: Any) -> None:
+    html = page(app_client, "/")
+    assert html.select_one("#sae-report") is None

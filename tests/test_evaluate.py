@@ -42,6 +42,7 @@ def test_exact_reconstruction_costs_no_loss(tiny_cache: Path, tiny_model_dir: Pa
     assert result.nmse < 1e-10
     assert result.explained_variance == pytest.approx(1.0, abs=1e-6)
     assert result.delta_loss == pytest.approx(0.0, abs=1e-5)
+    assert result.kl == pytest.approx(0.0, abs=1e-5)
     assert result.l0 == pytest.approx(32.0, abs=1e-6)  # exactly one of each pair fires
     assert abs(result.delta_loss_zero_ablation) > 1e-3
     assert result.n_tokens == 6 * 16 and result.n_contexts == 6
@@ -59,6 +60,7 @@ def test_a_useless_sae_costs_as_much_as_zero_ablation(
     result = evaluate(zero, lm, cache, token_ids)
     assert result.delta_loss == pytest.approx(result.delta_loss_zero_ablation, abs=1e-5)
     assert result.nmse >= 1.0 - 1e-6  # the error is the whole signal, mean included
+    assert result.kl > 1e-3  # the zero-ablated model predicts other tokens (the exact SAE: 0)
 
 
 @pytest.fixture(scope="module")

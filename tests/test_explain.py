@@ -8,7 +8,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from indexer.explain import (
+from sae.explain import (
     Explanation,
     TokenSample,
     explain_latents,

@@ -13,7 +13,7 @@ import pytest
 
 from sae import sweep as sweep_module
 from sae.scaling import fit_joint, fit_power_law
-from sae.sweep import SweepConfig, sweep
+from sae.sweep import RunSpec, SweepConfig, sweep
 
 
 def test_power_law_fit_recovers_known_parameters() -> None:
@@ -61,8 +61,12 @@ def small_sweep(tiny_cache: Path, out: Path) -> SweepConfig:
         latents="16,32,64",
         k="2,4",
         tokens=128 * 6,
+        token_exponent=0.0,
         batch_size=128,
+        relu_l1="",
+        dead_latents=0,
         eval_contexts=4,
+        quality=False,
         progress=False,
     )
 
@@ -70,12 +74,12 @@ def small_sweep(tiny_cache: Path, out: Path) -> SweepConfig:
 def test_a_tiny_sweep_writes_runs_table_and_fits(
     tmp_path: Path, tiny_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    trained: list[tuple[int, int]] = []
+    trained: list[tuple[int, int | None]] = []
     run = sweep_module._run
 
-    def counting(cfg: Any, out: Path, evaluator: Any, *, n: int, k: int) -> dict[str, Any]:
-        trained.append((n, k))
-        return run(cfg, out, evaluator, n=n, k=k)
+    def counting(cfg: Any, out: Path, evaluator: Any, spec: RunSpec) -> dict[str, Any]:
+        trained.append((spec.n, spec.k))
+        return run(cfg, out, evaluator, spec)
 
     monkeypatch.setattr(sweep_module, "_run", counting)
     out = tmp_path / "sweep"
@@ -125,3 +129,57 @@ def test_sweep_settings_are_checked() -> None:
         SweepConfig(acts="a", out="b", latents="16,x")
     with pytest.raises(ValueError, match="k must list positive integers"):
         SweepConfig(acts="a", out="b", k="0")
+
+
+def test_a_sweep_with_baselines_and_quality_metrics_reports_every_group(
+    tmp_path: Path, tiny_cache: Path
+) -> None:
+    from sae.cli import main
+
+    out = tmp_path / "sweep"
+    cfg = SweepConfig(
+        acts=str(tiny_cache),
+        out=str(out),
+        latents="16,32",
+        k="2,4",
+        tokens=128 * 4,
+        batch_size=128,
+        relu_l1="0.05,1",
+        frontier_latents=32,
+        dead_latents=32,
+        dead_k=4,
+        eval_contexts=4,
+        sample_contexts=40,
+        ablation_positions=1,
+        progress=False,
+    )
+    rows = sweep(cfg)
+    assert [r["group"] for r in rows] == ["grid"] * 4 + ["relu"] * 2 + ["dead"] * 3
+    relu = [r for r in rows if r["group"] == "relu"]
+    assert all(r["activation"] == "relu" and r["k"] is None and r["l0"] > 0 for r in relu)
+    assert relu[0]["l1_coef"] == 0.05 and relu[0]["tokens"] == cfg.tokens_for(32) > 128 * 4
+    variants = {(r["tied_init"], r["auxk"]) for r in rows if r["group"] == "dead"}
+    assert variants == {(False, False), (False, True), (True, False)}
+    assert all(0 <= r["dead_fraction"] <= 1 and r["kl"] >= 0 for r in rows)
+    assert all(r["ablation_sparsity"] is None or 0 < r["ablation_sparsity"] <= 1 for r in rows)
+    assert all("explanation_precision" in r and "probe" in r for r in rows)
+
+    assert main(["report", "--path", str(out)]) == 0
+    page = (out / "report.html").read_text()
+    for figure in ("nmse-vs-n", "frontier", "dead-latents"):
+        assert f'id="{figure}"' in page
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["rows"]) == 9 and len(report["findings"]) == 7
+    assert report["settings"]["relu_l1"] == "0.05,1"
+
+    one = out / "n32_k4"
+    assert main(["report", "--path", str(one), "--out", str(tmp_path / "one")]) == 0
+    page = (tmp_path / "one" / "report.html").read_text()
+    assert 'id="training-nmse"' in page and "this SAE" in page
+
+
+def test_report_names_a_folder_that_is_neither(tmp_path: Path, capsys: Any) -> None:
+    from sae.cli import main
+
+    assert main(["report", "--path", str(tmp_path)]) == 2
+    assert "neither a sweep folder (no results.jsonl) nor an SAE folder" in capsys.readouterr().err

@@ -12,6 +12,7 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse
+from markupsafe import Markup
 
 from app import records as r
 from app.db import IndexDB
@@ -19,6 +20,7 @@ from app.live import LiveEncoder
 from app.routes.params import MAX_QUERY, check_query_text, db_of, latent_query, live_of
 from app.settings import AppSettings
 from app.svg import activation_histogram_svg, density_histogram_svg
+from sae.report import render_figures_html, sae_figures
 
 router = APIRouter(include_in_schema=False)
 LATENT_ID_BOUND = 2**31 - 1
@@ -56,7 +58,19 @@ def table_url(query: r.LatentQuery, **changes: Any) -> str:
 
 @router.get("/", response_class=HTMLResponse)
 def overview(request: Request, db: Annotated[IndexDB, Depends(db_of)]) -> HTMLResponse:
-    context = {"build": db.build, "density_svg": density_histogram_svg(db.density_histogram())}
+    build = db.build
+    context = {
+        "build": build,
+        "density_svg": density_histogram_svg(db.density_histogram()),
+        "sae_eval": {
+            key: value
+            for key, value in (build.sae_eval or {}).items()
+            if key not in ("probe", "acts")  # the probe's tasks are a figure; acts a path
+        },
+        "report_figures": Markup(render_figures_html(sae_figures(build.report)))
+        if build.report
+        else "",
+    }
     return _render(request, "overview.html", None, context)
 
 

@@ -1,0 +1,186 @@
+"""The paper's feature-quality metrics beyond reconstruction (Gao et al. 2024, §4.3-4.5).
+
+- Explanations: N2G n-gram explanations (sae/explain.py) mined on 80% of a sample of cached
+  contexts and scored on the other 20%; the medians of their precision and recall.
+- Probes: the best single-latent logistic probe on tasks read off the corpus (sae/probe.py).
+- Ablation sparsity: ablate each active latent at a position (subtract its contribution to the
+  reconstruction from the real activation), run the rest of the model and take the change of
+  the logits over that position and the next few, v (positions x vocab). The effect is sparse
+  when (|v|_1 / |v|_2)^2 / size(v) is small: 1/size for an effect on one logit, 1 when every
+  logit moves alike. We report its mean over the ablations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from sae.cache import ActivationCache
+from sae.explain import TokenSample, explain_latents
+from sae.lm import LanguageModel, logits_with, residual_stream
+from sae.model import SparseAutoencoder
+from sae.probe import probe_metric
+
+NOISE = 1e-4  # logit changes below this share of the largest logit are rounding, not effects
+HELD_OUT_EVERY = 5  # every fifth context of the sample scores the explanations (20%)
+
+
+class CodeSample(NamedTuple):
+    """Contexts of a cache with their activations, for the metrics that need many tokens."""
+
+    token_ids: np.ndarray  # (S, T) int32, position 0 included
+    activations: Tensor  # (S, T-1, d) as stored (float16), positions 1..T-1
+
+
+class Codes(NamedTuple):
+    """An SAE's codes of a CodeSample: what the explanation and probe metrics read."""
+
+    indices: np.ndarray  # (S, T-1, m) int32
+    activations: np.ndarray  # (S, T-1, m) float32; <= 0: did not fire (sinks never fire)
+
+
+def load_code_sample(cache: ActivationCache, contexts: int) -> CodeSample:
+    """The last `contexts` contexts of the cache (whole shards from the end, then trimmed)."""
+    token_ids = np.asarray(cache.token_ids())
+    parts: list[Tensor] = []
+    first = cache.n_contexts
+    for index in reversed(range(cache.n_shards)):
+        start, acts = cache.shard(index)
+        parts.insert(0, acts)
+        first = start
+        if cache.n_contexts - first >= contexts:
+            break
+    activations = torch.cat(parts)[-contexts:]  # (S, T-1, d)
+    first = cache.n_contexts - len(activations)
+    return CodeSample(np.ascontiguousarray(token_ids[first:]), activations)
+
+
+@torch.no_grad()
+def encode_sample(
+    model: SparseAutoencoder, sample: CodeSample, *, limit: float, batch: int = 8192
+) -> Codes:
+    """Codes of every token of the sample; tokens above the sink limit fire nothing.
+
+    A ReLU SAE's dense codes are cut to the most active latents any token has, which keeps
+    every positive activation.
+    """
+    flat = sample.activations.flatten(0, 1)  # (N, d)
+    indices, values = [], []
+    for rows in flat.split(batch):
+        x = rows.to(model.device, torch.float32)  # (b, d)
+        acts, idx = model.encode(x)  # (b, k)
+        acts = acts.masked_fill((x.norm(dim=-1) > limit)[:, None], 0.0)
+        indices.append(idx.cpu())
+        values.append(acts.cpu())
+    idx_all, acts_all = torch.cat(indices), torch.cat(values)  # (N, k)
+    if model.cfg.activation == "relu":
+        width = max(int((acts_all > 0).sum(-1).max()), 1)
+        acts_all, order = acts_all.topk(width, dim=-1)  # (N, m)
+        idx_all = idx_all.gather(1, order)
+    shape = (*sample.activations.shape[:2], idx_all.shape[-1])
+    return Codes(
+        idx_all.reshape(shape).numpy().astype(np.int32),
+        acts_all.reshape(shape).numpy().astype(np.float32),
+    )
+
+
+def explanation_quality(
+    token_ids: np.ndarray, codes: Codes, *, vocab: Sequence[str], n_latents: int
+) -> dict[str, float | None]:
+    """Medians of held-out precision and recall of the latents' N2G explanations, and the
+    share of the latents firing in the sample that got one."""
+    held_out = np.arange(len(token_ids)) % HELD_OUT_EVERY == HELD_OUT_EVERY - 1  # (S,)
+    sample = TokenSample(token_ids, codes.indices, codes.activations, held_out)
+    explanations = explain_latents(sample, n_latents=n_latents, vocab=vocab)
+    fired = np.unique(codes.indices[codes.activations > 0])
+    precision = [e.precision for e in explanations if e.precision is not None]
+    recall = [e.recall for e in explanations if e.recall is not None]
+    return {
+        "explanation_precision": float(np.median(precision)) if precision else None,
+        "explanation_recall": float(np.median(recall)) if recall else None,
+        "explained_fraction": len(explanations) / len(fired) if len(fired) else None,
+    }
+
+
+def probe_quality(
+    token_ids: np.ndarray, codes: Codes, *, vocab: Sequence[str], n_latents: int
+) -> dict[str, Any]:
+    """The probe metric's mean score and its per-task report."""
+    report = probe_metric(
+        token_ids, codes.indices, codes.activations, vocab=vocab, n_latents=n_latents
+    )
+    return {"probe_score": report.mean_score, "probe": report.to_dict()}
+
+
+def effect_sparsity(diff: Tensor) -> Tensor:
+    """(|v|_1 / |v|_2)^2 / size(v) of each row of (m, size): 1/size (one logit) .. 1 (all)."""
+    l1 = diff.abs().sum(-1)  # (m,)
+    l2 = diff.pow(2).sum(-1).sqrt()  # (m,)
+    return (l1 / l2).pow(2) / diff.shape[-1]
+
+
+@torch.no_grad()
+def ablation_sparsity(
+    model: SparseAutoencoder,
+    lm: LanguageModel,
+    token_ids: Tensor,
+    *,
+    layer: int,
+    limit: float,
+    positions: int = 4,
+    window: int = 4,
+) -> float | None:
+    """Mean sparsity of the logit effects of ablating each active latent, over `positions`
+    (context, position) pairs of the held-out contexts (N, T). None when nothing was active."""
+    scores: list[Tensor] = []
+    length = token_ids.shape[1]
+    for q in range(positions):
+        p = min(8 * (q + 1), length - window)  # positions 8, 16, ...: past the first tokens
+        ids = token_ids[q % len(token_ids), : p + window][None]  # (1, L)
+        hidden = residual_stream(lm, ids, layer)[0].float()  # (L, d)
+        if p < 1 or float(hidden[p].norm()) > limit:
+            continue  # an attention sink: the SAE does not read it
+        deltas = latent_contributions(model, hidden[p])  # (m, d)
+        if len(deltas) == 0:
+            continue
+        edited = hidden.expand(len(deltas) + 1, -1, -1).clone()  # (m+1, L, d)
+        edited[1:, p] -= deltas.to(edited.dtype)
+        logits = logits_with(
+            lm, ids.expand(len(edited), -1), layer=layer, replace=_constant(edited)
+        )[:, p:].float()  # (m+1, window, V)
+        diff = (logits[1:] - logits[:1]).flatten(1)  # (m, window * V)
+        # Rows of one batch can differ by rounding alone; an effect below this is noise and
+        # would score as dense as noise does.
+        moved = diff.abs().amax(-1) > NOISE * logits.abs().amax()
+        scores.append(effect_sparsity(diff[moved]).cpu())
+    values = torch.cat(scores) if scores else torch.empty(0)
+    return float(values.mean()) if len(values) else None
+
+
+def _constant(hidden: Tensor) -> Callable[[Tensor], Tensor]:
+    """A block-output replacement that ignores what the model computed."""
+    return lambda output: hidden.to(output.dtype)
+
+
+def latent_contributions(model: SparseAutoencoder, x: Tensor) -> Tensor:
+    """What each active latent adds to the reconstruction of one raw activation x (d,):
+    x̂ - x̂ without that latent, (m, d) for the m latents with activation > 0."""
+    acts, idx = model.encode(x[None].to(model.device))  # (1, k)
+    active = (acts[0] > 0).nonzero().squeeze(1)  # (m,)
+    if len(active) == 0:
+        return torch.empty(0, x.shape[-1])
+    stats = _stats(model, x)
+    full = model.decode(acts, idx, stats=stats)  # (1, d)
+    ablated_acts = acts.expand(len(active), -1).clone()  # (m, k)
+    ablated_acts[torch.arange(len(active)), active] = 0.0
+    ablated = model.decode(ablated_acts, idx.expand(len(active), -1), stats=stats)  # (m, d)
+    return (full - ablated).cpu()
+
+
+def _stats(model: SparseAutoencoder, x: Tensor) -> tuple[Tensor, Tensor] | None:
+    _, stats = model.normalize(x[None].to(model.device, model.W_enc.dtype))
+    return stats

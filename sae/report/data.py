@@ -1,0 +1,163 @@
+"""`sae report`: the JSON behind a report of one SAE folder or one sweep folder, and writing it.
+
+A sweep folder is recognised by its results.jsonl, an SAE folder by its cfg.json. The report is
+written as `report.json` (everything the figures are drawn from) and `report.html` (the page,
+self-contained) into the folder itself unless `--out` says otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sae.cache import write_atomic, write_json
+from sae.errors import AtlasError
+from sae.findings import findings
+from sae.report.html import render_html
+
+TRAINING_POINTS = 300  # training-curve points kept in a report
+
+# What the paper reports, for the fits table and the findings (Gao et al. 2024). Signs and
+# shapes, not values: its fits are on GPT-2 small and GPT-4 at far larger n and token counts.
+PAPER = {
+    "beta": "< 0: nmse falls as a power law in n, towards an irreducible loss",
+    "beta_n": "< 0: nmse falls with n",
+    "eta": "< 0: the irreducible loss is lower at larger k",
+    "dead latents": "up to 90% without mitigations; 7% at 16M latents with tied init + AuxK",
+    "tokens to convergence": "grow about as n^0.6",
+}
+
+
+@dataclass
+class ReportConfig:
+    """Settings of `sae report`. Field help texts become `sae report --help`."""
+
+    path: str = field(metadata={"help": "an SAE folder or a `sae sweep` folder"})
+    out: str = field(default="", metadata={"help": "folder for report.html/json (default: path)"})
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ValueError("path must name an SAE folder or a sweep folder")
+
+
+def write_report(cfg: ReportConfig) -> tuple[Path, Path]:
+    """Build the report of `cfg.path`; write report.json and report.html; return their paths."""
+    folder = Path(cfg.path).expanduser()
+    report = build_report(folder)
+    out = Path(cfg.out).expanduser() if cfg.out else folder
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, html_path = out / "report.json", out / "report.html"
+    write_json(json_path, report)
+    write_atomic(html_path, render_html(report).encode())
+    return html_path, json_path
+
+
+def build_report(folder: Path) -> dict[str, Any]:
+    if (folder / "results.jsonl").is_file():
+        return sweep_report(folder)
+    if (folder / "cfg.json").is_file():
+        return sae_report(folder)
+    raise AtlasError(
+        f"{folder}: neither a sweep folder (no results.jsonl) nor an SAE folder (no cfg.json)"
+    )
+
+
+def sweep_report(folder: Path) -> dict[str, Any]:
+    """Rows, fits and findings of a sweep, with what its SAEs were trained on."""
+    from sae.sweep import FITS, fits, read_results
+
+    rows = read_results(folder)
+    if not rows:
+        raise AtlasError(f"{folder}/results.jsonl: no finished runs yet")
+    fitted = _read_json(folder / FITS) or fits(rows)
+    about = _read_json(folder / rows[0]["name"] / "cfg.json") or {}
+    settings = _read_json(folder / "sweep.json") or {}
+    return _plain(
+        {
+            "kind": "sweep",
+            "title": f"Sweep over n and k: {_trained_on(about)}",
+            "settings": {**settings, **_provenance(about)},
+            "rows": rows,
+            "fits": fitted,
+            "findings": findings(rows),
+            "paper": PAPER,
+        }
+    )
+
+
+def sae_report(folder: Path) -> dict[str, Any]:
+    """Config, eval, training curve of one SAE; its sweep when it belongs to one."""
+    cfg = _read_json(folder / "cfg.json")
+    if cfg is None:
+        raise AtlasError(f"{folder}/cfg.json: missing or not JSON")
+    sweep = None
+    parent = folder.parent
+    if (parent / "results.jsonl").is_file():
+        from sae.sweep import FITS, fits, read_results
+
+        rows = read_results(parent)
+        if any(row.get("name") == folder.name for row in rows):
+            sweep = {"rows": rows, "fits": _read_json(parent / FITS) or fits(rows)}
+            sweep["this"] = folder.name
+    return _plain(
+        {
+            "kind": "sae",
+            "title": f"SAE n={cfg.get('n_latents')} k={cfg.get('k')}: {_trained_on(cfg)}",
+            "cfg": cfg,
+            "eval": _read_json(folder / "eval.json"),
+            "training": training_curve(folder / "metrics.jsonl"),
+            "sweep": sweep,
+        }
+    )
+
+
+def training_curve(path: Path, *, points: int = TRAINING_POINTS) -> list[dict[str, Any]]:
+    """At most `points` evenly spaced lines of metrics.jsonl, the last one always included."""
+    if not path.is_file():
+        return []
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    step = max(math.ceil(len(lines) / points), 1)
+    chosen = lines[::step]
+    if lines and chosen[-1] is not lines[-1]:
+        chosen.append(lines[-1])
+    keys = ("step", "tokens", "fvu", "dead_fraction", "l0", "auxk_loss", "l1")
+    curve = []
+    for line in chosen:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a killed run
+        curve.append({key: record.get(key) for key in keys})
+    return curve
+
+
+def _trained_on(cfg: dict[str, Any]) -> str:
+    layer = cfg.get("layer")
+    where = f"layer {layer}" if layer is not None else cfg.get("hook") or "?"
+    return f"{cfg.get('model') or 'unknown model'}, {where}, {cfg.get('corpus') or '?'}"
+
+
+def _provenance(cfg: dict[str, Any]) -> dict[str, Any]:
+    return {key: cfg.get(key) for key in ("model", "layer", "corpus", "d_in")}
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _plain(value: Any) -> Any:
+    """NaN and infinities become None so the JSON is standard."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
