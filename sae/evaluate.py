@@ -165,6 +165,28 @@ def sink_limit(model: SparseAutoencoder) -> float:
     return math.inf
 
 
+class CleanBatch(NamedTuple):
+    """The model's own pass over one batch of held-out contexts; it does not depend on the SAE."""
+
+    token_ids: Tensor  # (b, T)
+    hidden: Tensor  # (b, T, d): the output of the SAE's block
+    logits: Tensor  # (b, T, V)
+    loss: float  # mean next-token loss of the batch
+
+
+@torch.no_grad()
+def clean_pass(
+    lm: LanguageModel, token_ids: Tensor, *, layer: int, batch_size: int
+) -> list[CleanBatch]:
+    """Run the model on held-out contexts (N, T) in batches, keeping what evaluate() reads."""
+    batches = []
+    for batch in token_ids.split(batch_size):
+        seen: list[Tensor] = []  # the block's output, read on the way through
+        logits = logits_with(lm, batch, layer=layer, replace=_recorder(seen))  # (b, T, V)
+        batches.append(CleanBatch(batch, seen[0], logits, float(next_token_loss_of(logits, batch))))
+    return batches
+
+
 @torch.no_grad()
 def evaluate(
     model: SparseAutoencoder,
@@ -174,12 +196,14 @@ def evaluate(
     *,
     batch_size: int = 16,
     ablations: tuple[float, float] | None = None,
+    clean: list[CleanBatch] | None = None,
 ) -> EvalResult:
     """All metrics on the given held-out contexts (N, T).
 
-    `ablations` are the (zero, mean) ablation losses of an earlier evaluation on the same
-    contexts with the same sink limit: they do not depend on the SAE, so a sweep computes them
-    once and skips two of the four LM forwards of every later run.
+    What does not depend on the SAE can come from an earlier evaluation on the same contexts:
+    `ablations`, the (zero, mean) ablation losses with the same sink limit, and `clean`, the
+    model's own pass (clean_pass). A sweep computes them once and runs one LM forward per SAE
+    instead of four.
     """
     layer, mean = cache.layer, mean_activation(cache).to(lm.device)
     limit = sink_limit(model)
@@ -192,11 +216,11 @@ def evaluate(
         variants["mean"] = lambda h: mean.expand_as(h)
     xs, errs, l0, kl = [], [], 0.0, 0.0
     fired = torch.zeros(model.cfg.n_latents, dtype=torch.bool)
-    for batch in token_ids.split(batch_size):
-        seen: list[Tensor] = []  # the clean forward's block output, read on the way through
-        clean = logits_with(lm, batch, layer=layer, replace=_recorder(seen))  # (b, T, V)
-        losses["clean"] += len(batch) * float(next_token_loss_of(clean, batch))
-        x = seen[0][:, 1:].float()  # (b, T-1, d)
+    if clean is None:
+        clean = clean_pass(lm, token_ids, layer=layer, batch_size=batch_size)
+    for batch, hidden, clean_logits, clean_loss in clean:
+        losses["clean"] += len(batch) * clean_loss
+        x = hidden[:, 1:].float()  # (b, T-1, d)
         x = x[x.norm(dim=-1) <= limit]  # (m, d) sinks left out, as in training
         out = model(x.to(model.device))
         xs.append(x.cpu())
@@ -207,7 +231,7 @@ def evaluate(
             logits = logits_with(lm, batch, layer=layer, replace=_splice(values, limit))
             losses[name] += len(batch) * float(next_token_loss_of(logits, batch))
             if name == "sae":  # positions 1.. : position 0 is never replaced
-                kl += float(kl_divergence(clean[:, 1:], logits[:, 1:]).mean()) * len(batch)
+                kl += float(kl_divergence(clean_logits[:, 1:], logits[:, 1:]).mean()) * len(batch)
     x_all, err_all = torch.cat(xs), torch.cat(errs)  # (N, d)
     n_tokens, n_contexts = len(x_all), len(token_ids)
     variance = (x_all - x_all.mean(0)).pow(2).sum(-1).mean()
@@ -261,6 +285,7 @@ class Evaluator:
         )
         self.token_ids = held_out_contexts(self.cache, self.lm.tokenizer, contexts)
         self.ablations: dict[float, tuple[float, float]] = {}
+        self.clean: list[CleanBatch] | None = None  # the model's own pass, once
         self.quality = quality
         if quality is not None:
             self.sample = load_code_sample(self.cache, quality.sample_contexts)
@@ -281,6 +306,10 @@ class Evaluator:
         model.eval()
         check_fits(model, self.cache, sae=str(sae_path), acts=self.acts)
         limit = sink_limit(model)
+        if self.clean is None:
+            self.clean = clean_pass(
+                self.lm, self.token_ids, layer=self.cache.layer, batch_size=self.batch_size
+            )
         result = evaluate(
             model,
             self.lm,
@@ -288,6 +317,7 @@ class Evaluator:
             self.token_ids,
             batch_size=self.batch_size,
             ablations=self.ablations.get(limit),
+            clean=self.clean,
         )
         self.ablations[limit] = (result.loss_zero_ablation, result.loss_mean_ablation)
         if self.quality is not None:

@@ -103,12 +103,12 @@ def test_a_tiny_sweep_writes_runs_table_and_fits(
     assert trained == [(64, 4)] and len(again) == 6
 
 
-def test_shared_ablation_losses_equal_computing_them_per_run(
+def test_shared_clean_pass_and_ablation_losses_equal_computing_them_per_run(
     tiny_cache: Path, tiny_sae: Path, tiny_model_dir: Path
 ) -> None:
     from sae import load
     from sae.cache import ActivationCache
-    from sae.evaluate import evaluate, held_out_contexts
+    from sae.evaluate import clean_pass, evaluate, held_out_contexts
     from sae.lm import load_lm
 
     cache, lm, model = (
@@ -119,7 +119,12 @@ def test_shared_ablation_losses_equal_computing_them_per_run(
     token_ids = held_out_contexts(cache, lm.tokenizer, 4)
     full = evaluate(model, lm, cache, token_ids)
     shared = evaluate(
-        model, lm, cache, token_ids, ablations=(full.loss_zero_ablation, full.loss_mean_ablation)
+        model,
+        lm,
+        cache,
+        token_ids,
+        ablations=(full.loss_zero_ablation, full.loss_mean_ablation),
+        clean=clean_pass(lm, token_ids, layer=cache.layer, batch_size=16),
     )
     assert shared == full
 
