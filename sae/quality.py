@@ -5,9 +5,10 @@
 - Probes: the best single-latent logistic probe on tasks read off the corpus (sae/probe.py).
 - Ablation sparsity: ablate each active latent at a position (subtract its contribution to the
   reconstruction from the real activation), run the rest of the model and take the change of
-  the logits over that position and the next few, v (positions x vocab). The effect is sparse
-  when (|v|_1 / |v|_2)^2 / size(v) is small: 1/size for an effect on one logit, 1 when every
-  logit moves alike. We report its mean over the ablations.
+  the logits over that position and the next few, centred over the vocabulary at each position
+  (adding one number to every logit changes no probability), v (positions x vocab). The effect
+  is sparse when (|v|_1 / |v|_2)^2 / size(v) is small: 1/size for an effect on one logit, about
+  2/pi for Gaussian noise. We report its mean over the ablations.
 """
 
 from __future__ import annotations
@@ -152,7 +153,8 @@ def ablation_sparsity(
         logits = logits_with(
             lm, ids.expand(len(edited), -1), layer=layer, replace=_constant(edited)
         )[:, p:].float()  # (m+1, window, V)
-        diff = (logits[1:] - logits[:1]).flatten(1)  # (m, window * V)
+        diff = logits[1:] - logits[:1]  # (m, window, V)
+        diff = (diff - diff.mean(-1, keepdim=True)).flatten(1)  # (m, window * V)
         # Rows of one batch can differ by rounding alone; an effect below this is noise and
         # would score as dense as noise does.
         moved = diff.abs().amax(-1) > NOISE * logits.abs().amax()
