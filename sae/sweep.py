@@ -122,7 +122,7 @@ class SweepConfig:
     )
     batch_size: int = field(default=1024, metadata={"help": "tokens per training step"})
     relu_l1: str = field(
-        default="0.05,0.1,0.2,0.4",
+        default="0.2,0.3,0.4,0.6",
         metadata={"help": "L1 coefficients of the ReLU + L1 baselines ('' for none)"},
     )
     frontier_latents: int = field(
@@ -323,6 +323,11 @@ def summary_lines(rows: list[dict[str, Any]], fitted: dict[str, Any]) -> list[st
             f"({p['beta']:.3f} ± {e['beta']:.3f}) log n) + exp({p['zeta']:.3f} ± {e['zeta']:.3f})"
             f", rms log error {fit['rms_log_error']:.3f}"
         )
+    joint = fitted.get("joint")
+    if joint:
+        p, e = joint["params"], joint["stderr"]
+        terms = ", ".join(f"{name} {p[name]:.3f} ± {e[name]:.3f}" for name in p)
+        lines.append(f"joint L(n, k): {terms}; rms log error {joint['rms_log_error']:.3f}")
     lines.extend(fitted["notes"])
     return lines
 

@@ -44,6 +44,17 @@ def test_topk_is_compared_with_relu_at_the_same_l0() -> None:
     assert topk_beats_relu(grid, [])["holds"] is None
 
 
+def test_relu_outside_topk_l0_range_counts_only_where_one_side_dominates() -> None:
+    grid = [grid_row(1024, 8, 0.40), grid_row(1024, 32, 0.20)]
+    denser_and_worse = {"group": "relu", "n": 1024, "l0": 46.0, "nmse": 0.33, "l1_coef": 0.2}
+    verdict = topk_beats_relu(grid, [denser_and_worse])
+    assert verdict["holds"] is True
+    assert "ReLU at L0 46.0 (0.330) is worse than TopK at only L0 32 (0.200)" in verdict["detail"]
+    sparser_and_better = {"group": "relu", "n": 1024, "l0": 4.0, "nmse": 0.30, "l1_coef": 1.0}
+    verdict = topk_beats_relu(grid, [denser_and_worse, sparser_and_better])
+    assert verdict["holds"] is False and "beats TopK at L0 8 (0.400)" in verdict["detail"]
+
+
 def test_dead_latents_need_half_of_neither_and_some_to_prevent() -> None:
     grid = [grid_row(2048, 16, 0.3, dead_fraction=0.01, tied_init=True, auxk=True)]
     dead = [
