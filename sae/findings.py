@@ -159,6 +159,10 @@ def mitigations_prevent_dead_latents(grid: list[Row], dead: list[Row]) -> Findin
     holds = without > 0 and with_both <= without / 2
     if without == 0:
         detail += "; no latent died even without the mitigations at this size and length"
+    detail += (
+        ". The paper: up to 90% dead without mitigations; 7% at 16M latents with both, "
+        "at far larger n and token counts"
+    )
     return {"claim": claim, "holds": holds, "detail": detail}
 
 

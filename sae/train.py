@@ -214,7 +214,8 @@ def train(cfg: TrainConfig) -> SparseAutoencoder:
         initial=state.step,
         unit="step",
         disable=not cfg.progress or rank,
-        desc=f"train n={cfg.latents} k={cfg.k}",
+        desc=f"train n={cfg.latents} "
+        + (f"relu l1={cfg.l1_coef:g}" if cfg.activation == "relu" else f"k={cfg.k}"),
     )
     started, tokens_at_start = time.perf_counter(), state.tokens_seen
     metrics_file = (out / METRICS).open("a") if rank == 0 else None
