@@ -316,3 +316,10 @@ def test_odd_metric_values_never_crash(value: object) -> None:
         row["nmse"] = value
         row["l0"] = value
     _check_page(render_html(report))
+
+
+def test_a_share_that_is_zero_throughout_starts_its_axis_at_zero() -> None:
+    svg = chart([Series("dead", [(1e3, 0.0), (1e5, 0.0)], "line")], title="t", x_label="x",
+                y_label="dead share", x_log=True)  # fmt: skip
+    labels = [float(v) for v in re.findall(r">(-?[0-9.]+)</text>", svg)]
+    assert min(labels) == 0.0 and "-" not in "".join(re.findall(r">(-?[0-9.]+)</text>", svg))

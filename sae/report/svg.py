@@ -124,7 +124,9 @@ def _axis(
         pad = (hi / lo) ** 0.04  # 4% of the range on each side keeps marks off the frame
         lo, hi = lo / pad, hi * pad
     else:
-        if hi - lo <= 1e-12 * max(1.0, abs(hi)):
+        if hi - lo <= 1e-12 * max(1.0, abs(hi)) and lo >= 0:  # e.g. no dead latents at all
+            lo, hi = 0.0, (hi * 2 or 1.0)
+        elif hi - lo <= 1e-12 * max(1.0, abs(hi)):
             lo, hi = lo - (abs(lo) or 1.0) / 2, hi + (abs(hi) or 1.0) / 2
         pad = (hi - lo) * 0.03  # keeps marks off the frame, but a range from 0 starts at 0
         lo, hi = (lo - pad if lo < 0 or lo - pad >= 0 else 0.0), hi + pad
