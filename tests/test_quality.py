@@ -178,3 +178,40 @@ def test_code_sample_type_is_what_encode_reads() -> None:
     sample = CodeSample(np.zeros((2, 5), np.int32), torch.zeros(2, 4, 8))
     codes = encode_sample(small_sae(), sample, limit=float("inf"))
     assert codes.indices.shape == (2, 4, 4) and codes.activations.dtype == np.float32
+
+
+def test_latents_that_can_never_fire_are_counted_dead(
+    tmp_path: Path, tiny_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sae.sweep import final_dead_fraction
+
+    original = SparseAutoencoder.init_from_data
+
+    def init_with_16_silenced(
+        self: SparseAutoencoder, sample: torch.Tensor, *, seed: int = 0
+    ) -> None:
+        original(self, sample, seed=seed)
+        with torch.no_grad():
+            self.b_enc[:16] = -1e4  # never among the top k: no gradient ever reaches them
+
+    monkeypatch.setattr(SparseAutoencoder, "init_from_data", init_with_16_silenced)
+    out = tmp_path / "sae"
+    cfg = TrainConfig(
+        out=str(out),
+        acts=str(tiny_cache),
+        latents=64,
+        k=4,
+        auxk=False,
+        batch_size=128,
+        tokens=128 * 16,
+        dead_tokens=512,
+        warmup_steps=1,
+        progress=False,
+    )
+    train(cfg)
+    x = torch.cat([a.flatten(0, 1) for _, a in ActivationCache(tiny_cache).shards()]).float()
+    _, idx = load(str(out)).encode(x)
+    never = set(range(64)) - set(idx.flatten().tolist())
+    dead = final_dead_fraction(out)
+    assert set(range(16)) <= never
+    assert dead is not None and 16 / 64 <= dead <= len(never) / 64 + 0.25
