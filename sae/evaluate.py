@@ -39,6 +39,7 @@ from sae.quality import (
     explanation_quality,
     load_code_sample,
     probe_quality,
+    rare_fraction,
 )
 
 
@@ -91,6 +92,8 @@ class EvalResult:
     explanation_precision: float | None = None
     explanation_recall: float | None = None
     explained_fraction: float | None = None
+    rare_fraction: float | None = None
+    """Latents firing on fewer than 1e-4 of the quality sample's tokens (never included)."""
     probe_score: float | None = None
     probe: dict[str, Any] | None = None
     ablation_sparsity: float | None = None
@@ -332,6 +335,7 @@ class Evaluator:
         return {
             **explanation_quality(tokens, codes, vocab=self.vocab, n_latents=n),
             **probe_quality(tokens, codes, vocab=self.vocab, n_latents=n),
+            "rare_fraction": rare_fraction(codes, n_latents=n),
             "ablation_sparsity": ablation_sparsity(
                 model,
                 self.lm,

@@ -151,6 +151,10 @@ def mitigations_prevent_dead_latents(grid: list[Row], dead: list[Row]) -> Findin
     detail = f"n={n}, k={k}: " + ", ".join(
         f"{name} {_percent(row.get('dead_fraction'))}" for name, row in runs.items()
     )
+    if any(_number(row.get("rare_fraction")) is not None for row in runs.values()):
+        detail += "; nearly dead (firing on under 1 in 10,000 tokens): " + ", ".join(
+            f"{name} {_percent(row.get('rare_fraction'))}" for name, row in runs.items()
+        )
     if both is None or neither is None:
         return {"claim": claim, "holds": None, "detail": detail + " (a variant is missing)"}
     with_both, without = _number(both.get("dead_fraction")), _number(neither.get("dead_fraction"))

@@ -3,6 +3,7 @@
 - Explanations: N2G n-gram explanations (sae/explain.py) mined on 80% of a sample of cached
   contexts and scored on the other 20%; the medians of their precision and recall.
 - Probes: the best single-latent logistic probe on tasks read off the corpus (sae/probe.py).
+- Rare latents: the share firing on fewer than 1 in 10,000 tokens of that sample.
 - Ablation sparsity: ablate each active latent at a position (subtract its contribution to the
   reconstruction from the real activation), run the rest of the model and take the change of
   the logits over that position and the next few, centred over the vocabulary at each position
@@ -28,6 +29,7 @@ from sae.probe import probe_metric
 
 NOISE = 1e-4  # logit changes below this share of the largest logit are rounding, not effects
 HELD_OUT_EVERY = 5  # every fifth context of the sample scores the explanations (20%)
+RARE = 1e-4  # a latent firing on fewer than this share of tokens counts as nearly dead
 
 
 class CodeSample(NamedTuple):
@@ -105,6 +107,14 @@ def explanation_quality(
         "explanation_recall": float(np.median(recall)) if recall else None,
         "explained_fraction": len(explanations) / len(fired) if len(fired) else None,
     }
+
+
+def rare_fraction(codes: Codes, *, n_latents: int) -> float:
+    """Share of latents firing on fewer than RARE of the sample's tokens (never included):
+    the nearly dead, which a short run's dead counter (not fired in its last quarter) misses."""
+    counts = np.bincount(codes.indices[codes.activations > 0], minlength=n_latents)  # (n,)
+    tokens = codes.indices.shape[0] * codes.indices.shape[1]
+    return float(np.mean(counts < RARE * tokens))
 
 
 def probe_quality(

@@ -66,7 +66,11 @@ def test_dead_latents_need_half_of_neither_and_some_to_prevent() -> None:
     verdict = mitigations_prevent_dead_latents(grid, dead)
     assert verdict["holds"] is True
     assert "tied init + AuxK 1.0%" in verdict["detail"] and "neither 30.0%" in verdict["detail"]
-    assert "AuxK only 5.0%" in verdict["detail"]
+    assert "AuxK only 5.0%" in verdict["detail"] and "nearly dead" not in verdict["detail"]
+    grid[0]["rare_fraction"], dead[0]["rare_fraction"] = 0.04, 0.66
+    detail = mitigations_prevent_dead_latents(grid, dead)["detail"]
+    assert "nearly dead (firing on under 1 in 10,000 tokens): " in detail
+    assert "tied init + AuxK 4.0%" in detail and "neither 66.0%" in detail
     dead[0]["dead_fraction"] = 0.0
     verdict = mitigations_prevent_dead_latents(grid, dead)
     assert verdict["holds"] is False and "no latent died" in verdict["detail"]

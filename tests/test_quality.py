@@ -22,6 +22,7 @@ from sae.quality import (
     explanation_quality,
     latent_contributions,
     load_code_sample,
+    rare_fraction,
 )
 from sae.train import TrainConfig, train
 
@@ -215,3 +216,13 @@ def test_latents_that_can_never_fire_are_counted_dead(
     dead = final_dead_fraction(out)
     assert set(range(16)) <= never
     assert dead is not None and 16 / 64 <= dead <= len(never) / 64 + 0.25
+
+
+def test_rare_fraction_counts_latents_under_one_in_ten_thousand_tokens() -> None:
+    indices = np.zeros((100, 200, 1), np.int32)  # 20,000 tokens; latent 0 fires on every one
+    activations = np.ones((100, 200, 1), np.float32)
+    indices[0, 0, 0] = 1  # latent 1: once, 1 in 20,000 < 1e-4
+    indices[1, :3, 0] = 2  # latent 2: three times, 1.5e-4
+    activations[2, 0, 0] = 0.0  # a selected latent that did not fire is not a fire
+    rare = rare_fraction(Codes(indices, activations), n_latents=4)
+    assert rare == 0.5  # latents 1 and 3 (never)

@@ -168,6 +168,7 @@ def test_a_sweep_with_baselines_and_quality_metrics_reports_every_group(
     assert all(0 <= r["dead_fraction"] <= 1 and r["kl"] >= 0 for r in rows)
     assert all(r["ablation_sparsity"] is None or 0 < r["ablation_sparsity"] <= 1 for r in rows)
     assert all("explanation_precision" in r and "probe" in r for r in rows)
+    assert all(0 <= r["rare_fraction"] <= 1 for r in rows)
 
     assert main(["report", "--path", str(out)]) == 0
     page = (out / "report.html").read_text()
