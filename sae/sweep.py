@@ -1,5 +1,7 @@
 """`sae sweep`: train a grid of TopK SAEs over n and k on one cache, evaluate each, fit the laws.
 
+Runs go one after another on the CPU or one GPU; with several GPUs, one worker process per GPU
+(`--workers`) takes every workers-th pending run, and the parent writes the table at the end.
 Each run is a normal SAE folder `OUT/n{n}_k{k}` (so `sae eval`, `indexer build` and the app take
 it as it is). Finished runs are recorded one JSON line each in `OUT/results.jsonl` as they end: a
 killed sweep resumes with the runs it has not finished, and an interrupted run resumes from its
@@ -10,18 +12,26 @@ scaling laws (sae/scaling.py) with their errors.
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
+import os
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from sae.cache import write_json
+from sae.errors import AtlasError
 from sae.evaluate import Evaluator, Quality
 from sae.scaling import fit_joint, fit_power_law
 from sae.train import TrainConfig, train
 
 RESULTS = "results.jsonl"
+SETTINGS = "sweep.json"
 FITS = "fits.json"
 COLUMNS = (
     "name",
@@ -145,6 +155,16 @@ class SweepConfig:
     ablation_positions: int = field(
         default=4, metadata={"help": "positions whose active latents are ablated one by one"}
     )
+    device: str = field(
+        default="auto", metadata={"help": "torch device of every run; auto: cuda when present"}
+    )
+    workers: int = field(
+        default=0,
+        metadata={
+            "help": "processes side by side, one per GPU (each sees only its own); 0: one per "
+            "visible GPU, or 1 without a GPU"
+        },
+    )
     progress: bool = field(default=True, metadata={"help": "progress bars"})
 
     def __post_init__(self) -> None:
@@ -165,6 +185,8 @@ class SweepConfig:
         for name in ("tokens", "batch_size", "eval_contexts", "sample_contexts"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.workers < 0:
+            raise ValueError(f"workers must not be negative, got {self.workers}")
         if self.token_exponent < 0:
             raise ValueError(f"token_exponent must not be negative, got {self.token_exponent}")
 
@@ -208,18 +230,12 @@ def sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
     """Train and evaluate every run not yet in results.jsonl; write the table and fits."""
     out = Path(cfg.out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "sweep.json", asdict(cfg))
-    done = {row.get("name") for row in read_results(out)}
-    todo = [spec for spec in cfg.runs() if spec.name not in done]
-    evaluator = None
-    if todo:
-        quality = Quality(cfg.sample_contexts, cfg.ablation_positions) if cfg.quality else None
-        evaluator = Evaluator(cfg.acts, contexts=cfg.eval_contexts, quality=quality)
-    for spec in todo:
-        assert evaluator is not None
-        row = _run(cfg, out, evaluator, spec)
-        with open(out / RESULTS, "a") as handle:
-            handle.write(json.dumps(row) + "\n")
+    write_json(out / SETTINGS, asdict(cfg))
+    workers = cfg.workers or max(torch.cuda.device_count(), 1)
+    if workers == 1:
+        run_share(cfg, share=0, of=1)
+    else:
+        run_workers(out, workers)
     order = {spec.name: i for i, spec in enumerate(cfg.runs())}
     rows = sorted(read_results(out), key=lambda row: order.get(row["name"], len(order)))
     _write_table(out / "results.csv", rows)
@@ -227,7 +243,42 @@ def sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
     return rows
 
 
-def _run(cfg: SweepConfig, out: Path, evaluator: Evaluator, spec: RunSpec) -> dict[str, Any]:
+def run_share(cfg: SweepConfig, *, share: int, of: int) -> None:
+    """Train and evaluate the pending runs whose place in the pending list is `share` mod `of`,
+    recording each in results.jsonl as it ends."""
+    out = Path(cfg.out).expanduser()
+    done = {row.get("name") for row in read_results(out)}
+    todo = [spec for spec in cfg.runs() if spec.name not in done][share::of]
+    if not todo:
+        return
+    device = cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+    quality = Quality(cfg.sample_contexts, cfg.ablation_positions) if cfg.quality else None
+    evaluator = Evaluator(cfg.acts, contexts=cfg.eval_contexts, quality=quality, device=device)
+    for spec in todo:
+        row = _run(cfg, out, evaluator, spec, device=device)
+        with open(out / RESULTS, "a") as handle:  # one short line per append: workers share it
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            handle.write(json.dumps(row) + "\n")
+
+
+def run_workers(out: Path, workers: int) -> None:
+    """One process per GPU, each seeing only its own, each taking its share of the runs."""
+    processes = []
+    for share in range(workers):
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(share)}
+        command = [sys.executable, "-m", "sae.sweep", str(out / SETTINGS), str(share), str(workers)]
+        processes.append(subprocess.Popen(command, env=env))
+    failed = [i for i, process in enumerate(processes) if process.wait() != 0]
+    if failed:
+        raise AtlasError(
+            f"sweep worker(s) {failed} failed (see their output above); rerun the same "
+            "command to resume the runs they did not finish"
+        )
+
+
+def _run(
+    cfg: SweepConfig, out: Path, evaluator: Evaluator, spec: RunSpec, *, device: str
+) -> dict[str, Any]:
     folder = out / spec.name
     started = time.perf_counter()
     train(
@@ -243,6 +294,7 @@ def _run(cfg: SweepConfig, out: Path, evaluator: Evaluator, spec: RunSpec) -> di
             batch_size=cfg.batch_size,
             tokens=cfg.tokens_for(spec.n),
             resume=True,
+            device=device,
             progress=cfg.progress,
         )
     )
@@ -337,3 +389,8 @@ def summary_lines(rows: list[dict[str, Any]], fitted: dict[str, Any]) -> list[st
 def _f(value: float | None, spec: str) -> str:
     width = int(spec.split(".")[0])
     return f"{value:{spec}}" if value is not None else "—".rjust(width)
+
+
+if __name__ == "__main__":  # a worker of run_workers: SETTINGS-file SHARE OF
+    settings, share, of = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    run_share(SweepConfig(**json.loads(Path(settings).read_text())), share=share, of=of)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import itertools
 import json
 import math
@@ -77,9 +78,9 @@ def test_a_tiny_sweep_writes_runs_table_and_fits(
     trained: list[tuple[int, int | None]] = []
     run = sweep_module._run
 
-    def counting(cfg: Any, out: Path, evaluator: Any, spec: RunSpec) -> dict[str, Any]:
+    def counting(cfg: Any, out: Path, evaluator: Any, spec: RunSpec, **kw: Any) -> dict[str, Any]:
         trained.append((spec.n, spec.k))
-        return run(cfg, out, evaluator, spec)
+        return run(cfg, out, evaluator, spec, **kw)
 
     monkeypatch.setattr(sweep_module, "_run", counting)
     out = tmp_path / "sweep"
@@ -189,3 +190,15 @@ def test_report_names_a_folder_that_is_neither(tmp_path: Path, capsys: Any) -> N
 
     assert main(["report", "--path", str(tmp_path)]) == 2
     assert "neither a sweep folder (no results.jsonl) nor an SAE folder" in capsys.readouterr().err
+
+
+def test_workers_share_the_runs_and_record_each_once(tmp_path: Path, tiny_cache: Path) -> None:
+    out = tmp_path / "sweep"
+    cfg = dataclasses.replace(
+        small_sweep(tiny_cache, out), latents="16,32", workers=2, device="cpu"
+    )
+    rows = sweep(cfg)  # two processes, each with every other pending run
+    names = [json.loads(line)["name"] for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted(names) == sorted(["n16_k2", "n16_k4", "n32_k2", "n32_k4"])
+    assert [r["name"] for r in rows] == ["n16_k2", "n16_k4", "n32_k2", "n32_k4"]
+    assert all((out / name / "eval.json").is_file() for name in names)
