@@ -159,7 +159,7 @@ def ablation_sparsity(
         if len(deltas) == 0:
             continue
         edited = hidden.expand(len(deltas) + 1, -1, -1).clone()  # (m+1, L, d)
-        edited[1:, p] -= deltas.to(edited.dtype)
+        edited[1:, p] -= deltas.to(edited.device, edited.dtype)
         logits = logits_with(
             lm, ids.expand(len(edited), -1), layer=layer, replace=_constant(edited)
         )[:, p:].float()  # (m+1, window, V)
