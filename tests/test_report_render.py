@@ -323,3 +323,18 @@ def test_a_share_that_is_zero_throughout_starts_its_axis_at_zero() -> None:
                 y_label="dead share", x_log=True)  # fmt: skip
     labels = [float(v) for v in re.findall(r">(-?[0-9.]+)</text>", svg)]
     assert min(labels) == 0.0 and "-" not in "".join(re.findall(r">(-?[0-9.]+)</text>", svg))
+
+
+def test_nearly_dead_latents_get_their_own_bars_when_measured() -> None:
+    report = _sweep_report()
+    for row in report["rows"]:
+        row["rare_fraction"] = 0.65 if not row.get("tied_init", True) else 0.04
+    figures = {f.id: f for f in sweep_figures(report)}
+    assert list(figures).index("nearly-dead-latents") == list(figures).index("dead-latents") + 1
+    groups = [
+        g
+        for g in ET.fromstring(figures["nearly-dead-latents"].svg).iter("g")
+        if g.get("class") == "bar"
+    ]
+    values = [t.text for g in groups for t in g.iter("text") if t.get("class") == "value"]
+    assert values == ["4.0%", "65.0%", "4.0%", "65.0%"]

@@ -38,6 +38,9 @@ CAPTIONS = {
     "the encoder initialised to the decoder's transpose, and the AuxK loss that trains dead "
     "latents on the residual. The paper finds both together keep dead latents rare (7% of a "
     "16M-latent SAE).",
+    "nearly-dead-latents": "Share of latents firing on fewer than 1 in 10,000 tokens of a sample "
+    "of the cache, for the same four runs: the latents a short run's dead counter misses, which "
+    "without the fixes are most of them.",
     "explanations-vs-n": "Precision (solid) and recall (dashed) of each latent's simple "
     "explanation on held-out text; higher is better. The paper (§4.5) scores N2G-style "
     "explanations this way: latents that simple patterns explain well are easier to interpret.",
@@ -241,8 +244,11 @@ def _frontier(grid: Sequence[Row], relu: Sequence[Row]) -> Figure | None:
     return Figure("frontier", title, CAPTIONS["frontier"].format(n=f"{n:.0f}"), svg)
 
 
-def _dead_latents(grid: Sequence[Row], dead: Sequence[Row]) -> Figure | None:
-    """Dead fraction for the four combinations of tied init and AuxK at the ablation's n, k."""
+def _dead_latents(
+    grid: Sequence[Row], dead: Sequence[Row], *, key: str = "dead_fraction"
+) -> Figure | None:
+    """Dead (or nearly dead, `key="rare_fraction"`) share for the four combinations of tied
+    init and AuxK at the ablation's n, k."""
     if not dead:
         return None
     n, k = finite(dead[0].get("n")), finite(dead[0].get("k"))
@@ -250,21 +256,23 @@ def _dead_latents(grid: Sequence[Row], dead: Sequence[Row]) -> Figure | None:
     both = [r for r in same if r.get("tied_init") and r.get("auxk")]
     values: dict[tuple[bool, bool], float | None] = {}
     for row in [*dead, *both]:
-        key = (bool(row.get("tied_init")), bool(row.get("auxk")))
-        if values.get(key) is None:
-            values[key] = finite(row.get("dead_fraction"))
-    shown = [values.get(key) for key in DEAD_CATEGORIES]
+        variant = (bool(row.get("tied_init")), bool(row.get("auxk")))
+        if values.get(variant) is None:
+            values[variant] = finite(row.get(key))
+    shown = [values.get(variant) for variant in DEAD_CATEGORIES]
     if all(v is None for v in shown):
         return None
-    title = f"Dead latents at n={_show(n)}, k={_show(k)}"
+    what = "Dead latents" if key == "dead_fraction" else "Nearly dead latents"
+    figure_id = "dead-latents" if key == "dead_fraction" else "nearly-dead-latents"
+    title = f"{what} at n={_show(n)}, k={_show(k)}"
     svg = bars(
         list(DEAD_CATEGORIES.values()),
         shown,
         title=title,
-        y_label="dead latents",
+        y_label=what.lower(),
         value_format=lambda v: f"{v:.1%}",
     )
-    return Figure("dead-latents", title, CAPTIONS["dead-latents"], svg)
+    return Figure(figure_id, title, CAPTIONS[figure_id], svg)
 
 
 def _line_figure(
@@ -316,6 +324,7 @@ def sweep_figures(report: Mapping[str, Any]) -> list[Figure]:
         nmse_vs_n(grid, report.get("fits")),
         _frontier(grid, relu),
         _dead_latents(grid, dead),
+        _dead_latents(grid, dead, key="rare_fraction"),
         _explanations(grid),
     ]
     for metric in DOWNSTREAM:
