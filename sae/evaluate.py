@@ -289,6 +289,7 @@ class Evaluator:
         self.token_ids = held_out_contexts(self.cache, self.lm.tokenizer, contexts)
         self.ablations: dict[float, tuple[float, float]] = {}
         self.clean: list[CleanBatch] | None = None  # the model's own pass, once
+        self.hidden = torch.empty(0)  # its block outputs (N, T, d), with it
         self.quality = quality
         if quality is not None:
             self.sample = load_code_sample(self.cache, quality.sample_contexts)
@@ -313,6 +314,7 @@ class Evaluator:
             self.clean = clean_pass(
                 self.lm, self.token_ids, layer=self.cache.layer, batch_size=self.batch_size
             )
+            self.hidden = torch.cat([batch.hidden for batch in self.clean])  # (N, T, d)
         result = evaluate(
             model,
             self.lm,
@@ -340,6 +342,7 @@ class Evaluator:
                 model,
                 self.lm,
                 self.token_ids,
+                self.hidden,
                 layer=self.cache.layer,
                 limit=limit,
                 positions=self.quality.ablation_positions,

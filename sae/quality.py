@@ -23,7 +23,7 @@ from torch import Tensor
 
 from sae.cache import ActivationCache
 from sae.explain import TokenSample, explain_latents
-from sae.lm import LanguageModel, logits_with, residual_stream
+from sae.lm import LanguageModel, logits_with
 from sae.model import SparseAutoencoder
 from sae.probe import probe_metric
 
@@ -139,6 +139,7 @@ def ablation_sparsity(
     model: SparseAutoencoder,
     lm: LanguageModel,
     token_ids: Tensor,
+    hidden: Tensor,
     *,
     layer: int,
     limit: float,
@@ -146,19 +147,24 @@ def ablation_sparsity(
     window: int = 4,
 ) -> float | None:
     """Mean sparsity of the logit effects of ablating each active latent, over `positions`
-    (context, position) pairs of the held-out contexts (N, T). None when nothing was active."""
+    (context, position) pairs of the held-out contexts (N, T). None when nothing was active.
+
+    `hidden` (N, T, d) is the output of block `layer` on those contexts, as the clean pass
+    already has it: the model is causal, so a context cut after p + window tokens has the same
+    block output on those tokens, and only the forward of the edited copies is run here."""
     scores: list[Tensor] = []
     length = token_ids.shape[1]
     for q in range(positions):
         p = min(8 * (q + 1), length - window)  # positions 8, 16, ...: past the first tokens
-        ids = token_ids[q % len(token_ids), : p + window][None]  # (1, L)
-        hidden = residual_stream(lm, ids, layer)[0].float()  # (L, d)
-        if p < 1 or float(hidden[p].norm()) > limit:
+        c = q % len(token_ids)
+        ids = token_ids[c, : p + window][None]  # (1, L)
+        cut = hidden[c, : p + window].float()  # (L, d)
+        if p < 1 or float(cut[p].norm()) > limit:
             continue  # an attention sink: the SAE does not read it
-        deltas = latent_contributions(model, hidden[p])  # (m, d)
+        deltas = latent_contributions(model, cut[p])  # (m, d)
         if len(deltas) == 0:
             continue
-        edited = hidden.expand(len(deltas) + 1, -1, -1).clone()  # (m+1, L, d)
+        edited = cut.expand(len(deltas) + 1, -1, -1).clone()  # (m+1, L, d)
         edited[1:, p] -= deltas.to(edited.device, edited.dtype)
         logits = logits_with(
             lm, ids.expand(len(edited), -1), layer=layer, replace=_constant(edited)

@@ -11,7 +11,7 @@ import torch
 from sae.cache import ActivationCache
 from sae.config import SaeConfig
 from sae.formats import load
-from sae.lm import load_lm
+from sae.lm import load_lm, residual_stream
 from sae.model import SparseAutoencoder
 from sae.quality import (
     Codes,
@@ -66,12 +66,24 @@ def test_an_sae_whose_latents_write_nothing_has_no_ablation_effect(
     lm = load_lm(str(tiny_model_dir))
     model = SparseAutoencoder(SaeConfig(d_in=32, n_latents=64, k=4, layer=2))
     token_ids = torch.from_numpy(np.array(ActivationCache(tiny_cache).token_ids()[:4])).long()
+    hidden = residual_stream(lm, token_ids, 2)  # (4, T, d)
     kwargs = {"layer": 2, "limit": float("inf"), "positions": 2, "window": 4}
-    sparsity = ablation_sparsity(model, lm, token_ids, **kwargs)  # type: ignore[arg-type]
+    sparsity = ablation_sparsity(model, lm, token_ids, hidden, **kwargs)  # type: ignore[arg-type]
     assert sparsity is not None and 1 / (4 * lm.model.config.vocab_size) < sparsity <= 1.0
     with torch.no_grad():
         model.W_dec.zero_()
-    assert ablation_sparsity(model, lm, token_ids, **kwargs) is None  # type: ignore[arg-type]
+    assert ablation_sparsity(model, lm, token_ids, hidden, **kwargs) is None  # type: ignore[arg-type]
+
+
+def test_a_cut_context_has_the_block_output_of_the_whole_one(
+    tiny_cache: Path, tiny_model_dir: Path
+) -> None:
+    """Ablation sparsity reads the clean pass's block output for cut contexts: causality."""
+    lm = load_lm(str(tiny_model_dir))
+    token_ids = torch.from_numpy(np.array(ActivationCache(tiny_cache).token_ids()[:2])).long()
+    whole = residual_stream(lm, token_ids, 2)  # (2, T, d)
+    cut = residual_stream(lm, token_ids[:, :9], 2)  # (2, 9, d)
+    torch.testing.assert_close(cut, whole[:, :9], atol=1e-5, rtol=1e-5)
 
 
 VOCAB = ["<eos>", " the", " import", " os", " from", " x", " =", " 1"]
