@@ -180,7 +180,10 @@ class SparseAutoencoder(nn.Module):
             (acts, idx), aux = self._encode_with_aux(xn, dead_mask, n_dead)  # (B, k)
         else:
             acts, idx = self._encode_normalised(xn, self.cfg.k)  # (B, k)
-        recon = self._decode_normalised(acts, idx) + self.b_pre  # (B, d)
+        if topk:
+            recon = sparse_decode(acts, idx, self.W_dec) + self.b_pre  # (B, d)
+        else:  # a ReLU SAE's own codes are dense and in latent order: no scatter needed
+            recon = acts @ self.W_dec + self.b_pre  # (B, n) @ (n, d)
         denominator = fvu_denominator if fvu_denominator is not None else _variance(xn)
         residual = xn - recon  # (B, d)
         fvu = residual.pow(2).sum(-1).mean() / denominator

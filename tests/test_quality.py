@@ -135,6 +135,10 @@ def test_relu_forward_is_the_dense_reference_with_an_l1_penalty() -> None:
     torch.testing.assert_close(out.sae_out, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out.l1, z.sum(-1).mean(), atol=1e-5, rtol=1e-5)
     assert float(small_sae()(x).l1) == 0.0  # TopK has no L1 term
+    acts, idx = model.encode(x)
+    order = torch.randperm(acts.shape[-1], generator=torch.Generator().manual_seed(0))
+    shuffled = model.decode(acts[:, order], idx[:, order])  # codes in any order decode alike
+    torch.testing.assert_close(shuffled, out.sae_out, atol=1e-5, rtol=1e-5)
 
 
 def test_relu_sae_needs_k_equal_n_and_round_trips(tmp_path: Path) -> None:
