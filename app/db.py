@@ -85,16 +85,11 @@ class IndexDB:
             )
         row = dict(self._rows(sa.select(s.build).limit(1))[0])
         fields = r.BuildInfo.__dataclass_fields__
-        for name in (
-            "sae_config",
-            "settings",
-            "versions",
-            "metrics",
-            "sae_eval",
-            "training",
-            "report",
-        ):
+        for name in ("sae_config", "settings", "versions", "metrics", "report"):
             row[name] = _json(row[name])
+        report = row["report"] or {}  # the SAE's eval and training record come with its report
+        row["sae_eval"] = report.get("eval")
+        row["training"] = (report.get("training") or [None])[-1]
         return r.BuildInfo(**{k: v for k, v in row.items() if k in fields})
 
     # --- vocabulary -------------------------------------------------------------------------

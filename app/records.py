@@ -38,8 +38,8 @@ class BuildInfo:
     settings: dict[str, Any]
     versions: dict[str, Any]
     metrics: dict[str, Any]
-    sae_eval: dict[str, Any] | None
-    training: dict[str, Any] | None
+    sae_eval: dict[str, Any] | None  # from report: its eval.json
+    training: dict[str, Any] | None  # from report: its last training step
     report: dict[str, Any] | None
     created_at: str
     seconds: float

@@ -31,7 +31,7 @@ from indexer.finalize import assemble
 from indexer.sources import ActivationSource, CacheSource, StreamSource
 from indexer.store import write_index
 from sae.errors import AtlasError
-from sae.evaluate import EVAL_RECORD, sink_limit
+from sae.evaluate import sink_limit
 from sae.formats import detect
 from sae.lm import LanguageModel, check_layer, load_config, load_lm
 from sae.model import SparseAutoencoder
@@ -258,21 +258,6 @@ def sae_hash(path: str) -> str:
     return digest.hexdigest()
 
 
-def _read_json(path: Path) -> str | None:
-    try:
-        return json.dumps(json.loads(path.read_text())) if path.is_file() else None
-    except (OSError, ValueError):
-        return None  # an unreadable record is left out, not fatal
-
-
-def _last_training_step(path: Path) -> str | None:
-    try:
-        lines = path.read_text().splitlines() if path.is_file() else []
-        return json.dumps(json.loads(lines[-1])) if lines else None
-    except (OSError, ValueError):
-        return None
-
-
 def _sae_report(folder: Path, fmt: str) -> str | None:
     """The report `sae report` would write for this SAE, when it is one of our folders."""
     if fmt != "ours" or not folder.is_dir():
@@ -334,8 +319,6 @@ def _build_row(
         "settings": json.dumps(asdict(cfg)),
         "versions": json.dumps(_versions()),
         "metrics": json.dumps(metrics),
-        "sae_eval": _read_json(Path(cfg.sae).expanduser() / EVAL_RECORD),
-        "training": _last_training_step(Path(cfg.sae).expanduser() / "metrics.jsonl"),
         "report": _sae_report(Path(cfg.sae).expanduser(), fmt),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "seconds": seconds,

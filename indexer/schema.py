@@ -47,9 +47,8 @@ build = sa.Table(
     sa.Column("settings", sa.JSON, nullable=False),
     sa.Column("versions", sa.JSON, nullable=False),
     sa.Column("metrics", sa.JSON, nullable=False),  # the index's own summary numbers
-    sa.Column("sae_eval", sa.JSON),  # `sae eval` of this SAE (its eval.json), when recorded
-    sa.Column("training", sa.JSON),  # the last training step (metrics.jsonl), when recorded
-    # `sae report`'s JSON of this SAE (config, eval, training curve, its sweep), when ours
+    # `sae report`'s JSON of this SAE when it is one of our folders: its config, its eval.json,
+    # its training curve (metrics.jsonl) and its sweep when it belongs to one
     sa.Column("report", sa.JSON),
     sa.Column("created_at", sa.String, nullable=False),
     sa.Column("seconds", sa.Float, nullable=False),

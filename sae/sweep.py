@@ -28,7 +28,7 @@ from sae.cache import write_json
 from sae.errors import AtlasError
 from sae.evaluate import Evaluator, Quality
 from sae.scaling import fit_joint, fit_power_law
-from sae.train import TrainConfig, train
+from sae.train import TrainConfig, read_metrics, train
 
 RESULTS = "results.jsonl"
 SETTINGS = "sweep.json"
@@ -314,11 +314,8 @@ def _run(
 def final_dead_fraction(folder: Path) -> float | None:
     """Latents that did not fire in the last `dead_tokens` tokens of training (the paper's
     notion of dead), from the run's last metrics line."""
-    path = folder / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    lines = path.read_text().splitlines()
-    return float(json.loads(lines[-1])["dead_fraction"]) if lines else None
+    records = read_metrics(folder)
+    return float(records[-1]["dead_fraction"]) if records else None
 
 
 def _write_table(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -388,6 +388,21 @@ def _metrics(
     }
 
 
+def read_metrics(folder: Path) -> list[dict[str, Any]]:
+    """Every step's record in `folder/metrics.jsonl` (none when absent); a line cut short by a
+    killed run is skipped."""
+    path = folder / METRICS
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
 # --- checkpoints -----------------------------------------------------------------------------
 
 

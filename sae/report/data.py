@@ -17,6 +17,7 @@ from sae.cache import write_atomic, write_json
 from sae.errors import AtlasError
 from sae.findings import findings
 from sae.report.html import render_html
+from sae.train import read_metrics
 
 TRAINING_POINTS = 300  # training-curve points kept in a report
 
@@ -108,30 +109,21 @@ def sae_report(folder: Path) -> dict[str, Any]:
             "title": f"SAE n={cfg.get('n_latents')} k={cfg.get('k')}: {_trained_on(cfg)}",
             "cfg": cfg,
             "eval": _read_json(folder / "eval.json"),
-            "training": training_curve(folder / "metrics.jsonl"),
+            "training": training_curve(folder),
             "sweep": sweep,
         }
     )
 
 
-def training_curve(path: Path, *, points: int = TRAINING_POINTS) -> list[dict[str, Any]]:
-    """At most `points` evenly spaced lines of metrics.jsonl, the last one always included."""
-    if not path.is_file():
-        return []
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    step = max(math.ceil(len(lines) / points), 1)
-    chosen = lines[::step]
-    if lines and chosen[-1] is not lines[-1]:
-        chosen.append(lines[-1])
-    keys = ("step", "tokens", "fvu", "dead_fraction", "l0", "auxk_loss", "l1")
-    curve = []
-    for line in chosen:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a killed run
-        curve.append({key: record.get(key) for key in keys})
-    return curve
+def training_curve(folder: Path, *, points: int = TRAINING_POINTS) -> list[dict[str, Any]]:
+    """At most `points` evenly spaced records of the SAE's metrics.jsonl, the last one always
+    included (it is the SAE as saved)."""
+    records = read_metrics(folder)
+    step = max(math.ceil(len(records) / points), 1)
+    chosen = records[::step]
+    if records and chosen[-1] is not records[-1]:
+        chosen.append(records[-1])
+    return chosen
 
 
 def _trained_on(cfg: dict[str, Any]) -> str:
