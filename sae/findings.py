@@ -14,6 +14,10 @@ Row = dict[str, Any]
 Finding = dict[str, Any]
 
 
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
 def findings(rows: list[Row]) -> list[Finding]:
     """The paper's findings in shape, in the order a reader checks them."""
     grid = [row for row in rows if row.get("group", "grid") == "grid"]
@@ -33,10 +37,6 @@ def findings(rows: list[Row]) -> list[Finding]:
             claim="ablation effects get sparser (lower score) as n grows",
         ),
     ]
-
-
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
 
 def _series(grid: list[Row], key: str) -> dict[int, list[tuple[int, float]]]:
@@ -130,13 +130,17 @@ def topk_beats_relu(grid: list[Row], relu: list[Row]) -> Finding:
     return {"claim": claim, "holds": holds, "detail": f"n={n}: " + "; ".join(parts)}
 
 
+# The four runs of the dead-latent comparison, keyed by (tied_init, auxk), in reading order.
+VARIANTS = {
+    (True, True): "tied init + AuxK",
+    (False, True): "AuxK only",
+    (True, False): "tied init only",
+    (False, False): "neither",
+}
+
+
 def _variant(row: Row) -> str:
-    return {
-        (True, True): "tied init + AuxK",
-        (False, True): "AuxK only",
-        (True, False): "tied init only",
-        (False, False): "neither",
-    }[(bool(row.get("tied_init", True)), bool(row.get("auxk", True)))]
+    return VARIANTS[(bool(row.get("tied_init", True)), bool(row.get("auxk", True)))]
 
 
 def mitigations_prevent_dead_latents(grid: list[Row], dead: list[Row]) -> Finding:

@@ -12,18 +12,13 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
+from sae.findings import VARIANTS
 from sae.report.svg import PALETTE, Series, Style, bars, chart, finite
 
 Row = Mapping[str, Any]
 SMALL_WIDTH, SMALL_HEIGHT = 420, 280
 
-# The four runs of the dead-latent ablation, keyed by (tied_init, auxk), in the order shown.
-DEAD_CATEGORIES = {
-    (True, True): "tied init + AuxK",
-    (False, True): "AuxK only",
-    (True, False): "tied init only",
-    (False, False): "neither",
-}
+DEAD_CATEGORIES = VARIANTS  # the dead-latent comparison's runs, in the order shown
 
 
 # What to look for in each figure, and what the paper (Gao et al. 2024) found.
@@ -100,7 +95,8 @@ class Figure(NamedTuple):
     svg: str
 
 
-def _dict(value: object) -> dict[str, Any]:
+def as_dict(value: object) -> dict[str, Any]:
+    """A report field that should be a dict, or an empty one when it is not."""
     return value if isinstance(value, dict) else {}
 
 
@@ -149,7 +145,7 @@ def per_k_law(params: Mapping[str, Any], n: float) -> float | None:
 
 def _law_curve(fit: object, lo: float, hi: float, count: int = 40) -> list[tuple[float, float]]:
     """The per-k law at `count` log-spaced n over [lo, hi]."""
-    params = _dict(_dict(fit).get("params"))
+    params = as_dict(as_dict(fit).get("params"))
     if lo <= 0:
         return []
     ns = [lo * (hi / lo) ** (i / (count - 1)) for i in range(count)] if hi > lo else [lo]
@@ -180,7 +176,7 @@ def _n_ticks(rows: Sequence[Row]) -> list[float] | None:
 def nmse_vs_n(rows: Sequence[Row], fits: object, *, highlight: Row | None = None) -> Figure | None:
     """Normalized MSE against n, a colour per k, with each k's fitted law dashed."""
     series, exponents = [], []
-    per_k = {str(k): fit for k, fit in _dict(_dict(fits).get("per_k")).items()}
+    per_k = {str(k): fit for k, fit in as_dict(as_dict(fits).get("per_k")).items()}
     for i, (k, at_k) in enumerate(_by_k(rows).items()):
         points = _points(at_k, "n", "nmse")
         series.append(Series(f"k={k}", points, "points", _color(i)))
@@ -188,7 +184,7 @@ def nmse_vs_n(rows: Sequence[Row], fits: object, *, highlight: Row | None = None
         if points and fit is not None:
             curve = _law_curve(fit, min(n for n, _ in points), max(n for n, _ in points))
             series.append(Series(f"k={k} fit", curve, "dashed", _color(i)))
-            beta = finite(_dict(_dict(fit).get("params")).get("beta"))
+            beta = finite(as_dict(as_dict(fit).get("params")).get("beta"))
             exponents += [f"k={k}: {beta:.3f}"] if beta is not None else []
     if highlight is not None:
         point = _points([highlight], "n", "nmse")
@@ -345,8 +341,8 @@ def sae_figures(report: Mapping[str, Any]) -> list[Figure]:
         )
         for m in (TRAINING_NMSE, TRAINING_DEAD)
     ]
-    figures.append(_probe_tasks(_dict(_dict(report.get("eval")).get("probe"))))
-    sweep = _dict(report.get("sweep"))
+    figures.append(_probe_tasks(as_dict(as_dict(report.get("eval")).get("probe"))))
+    sweep = as_dict(report.get("sweep"))
     if sweep:
         rows = _rows(sweep.get("rows"))
         this = next((r for r in rows if r.get("name") == sweep.get("this")), None)
@@ -355,9 +351,9 @@ def sae_figures(report: Mapping[str, Any]) -> list[Figure]:
 
 
 def _probe_tasks(probe: Mapping[str, Any]) -> Figure | None:
-    tasks, skipped = _dict(probe.get("tasks")), _dict(probe.get("skipped"))
+    tasks, skipped = as_dict(probe.get("tasks")), as_dict(probe.get("skipped"))
     names = [*tasks, *(name for name in skipped if name not in tasks)]
-    scores = [finite(_dict(tasks.get(name)).get("score")) for name in names]
+    scores = [finite(as_dict(tasks.get(name)).get("score")) for name in names]
     if all(s is None for s in scores):
         return None
     title = "Best single-latent probe by task"

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from html import escape
 from typing import Any
 
-from sae.report.figures import Figure, sae_figures, sweep_figures
+from sae.report.figures import Figure, as_dict, sae_figures, sweep_figures
 from sae.report.svg import finite
 
 DASH = "—"  # what a missing value shows
@@ -122,10 +122,6 @@ RESULT_COLUMNS: list[Column] = [
 ]
 
 
-def _dict(value: object) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
 def _list(value: object) -> list[Any]:
     return value if isinstance(value, list) else []
 
@@ -178,7 +174,7 @@ def _header(report: Mapping[str, Any], kind: str, about: Mapping[str, Any]) -> s
 
 def _findings(findings: list[Any]) -> str:
     items = []
-    for finding in (_dict(f) for f in findings):
+    for finding in (as_dict(f) for f in findings):
         holds = finding.get("holds")
         css, word = MARKERS[holds if isinstance(holds, bool) else None]
         detail = finding.get("detail")
@@ -192,7 +188,7 @@ def _findings(findings: list[Any]) -> str:
 
 
 def _law_rows(law: str, fit: Mapping[str, Any], paper: Mapping[str, Any]) -> list[list[str]]:
-    params, stderr = _dict(fit.get("params")), _dict(fit.get("stderr"))
+    params, stderr = as_dict(fit.get("params")), as_dict(fit.get("stderr"))
     rows = [
         [escape(law), escape(name), _pm(value, stderr.get(name)), _value(paper.get(name))]
         for name, value in params.items()
@@ -208,12 +204,12 @@ def _pm(value: object, error: object) -> str:
 
 
 def _fits(fits: Mapping[str, Any], paper: Mapping[str, Any]) -> str:
-    per_k = {str(k): fit for k, fit in _dict(fits.get("per_k")).items()}
+    per_k = {str(k): fit for k, fit in as_dict(fits.get("per_k")).items()}
     ordered = sorted(per_k, key=lambda k: float(k) if k.isdigit() else float("inf"))
-    rows = [r for k in ordered for r in _law_rows(f"L(n) at k={k}", _dict(per_k[k]), paper)]
+    rows = [r for k in ordered for r in _law_rows(f"L(n) at k={k}", as_dict(per_k[k]), paper)]
     if fits.get("joint"):
-        rows += _law_rows("joint L(n, k)", _dict(fits["joint"]), paper)
-    forms = {str(_dict(f).get("form") or "") for f in [*per_k.values(), fits.get("joint")]} - {""}
+        rows += _law_rows("joint L(n, k)", as_dict(fits["joint"]), paper)
+    forms = {str(as_dict(f).get("form") or "") for f in [*per_k.values(), fits.get("joint")]} - {""}
     notes = "".join(f"<li>{escape(str(n))}</li>" for n in _list(fits.get("notes")))
     parts = ["<h2>Fitted scaling laws</h2>"]
     parts += [f"<p><code>{escape(form)}</code></p>" for form in sorted(forms)]
@@ -227,17 +223,17 @@ def _fits(fits: Mapping[str, Any], paper: Mapping[str, Any]) -> str:
 
 
 def _results(rows: list[Any]) -> str:
-    cells = [[fmt(_dict(row).get(key)) for _, key, fmt in RESULT_COLUMNS] for row in rows]
+    cells = [[fmt(as_dict(row).get(key)) for _, key, fmt in RESULT_COLUMNS] for row in rows]
     head = [title for title, _, _ in RESULT_COLUMNS]
     return "<h2>Results</h2>" + _table(head, cells, css="results")
 
 
 def _sweep_body(report: Mapping[str, Any]) -> str:
-    settings = _dict(report.get("settings"))
+    settings = as_dict(report.get("settings"))
     parts = [
         "<h2>Settings</h2>" + _key_values(settings) if settings else "",
         _findings(_list(report.get("findings"))),
-        _fits(_dict(report.get("fits")), _dict(report.get("paper"))),
+        _fits(as_dict(report.get("fits")), as_dict(report.get("paper"))),
         _figures_section(sweep_figures(report)),
         _results(_list(report.get("rows"))),
     ]
@@ -292,12 +288,12 @@ def _metrics(ev: Mapping[str, Any]) -> str:
 
 
 def _probe(probe: Mapping[str, Any]) -> str:
-    tasks, skipped = _dict(probe.get("tasks")), _dict(probe.get("skipped"))
+    tasks, skipped = as_dict(probe.get("tasks")), as_dict(probe.get("skipped"))
     if not tasks and not skipped:
         return ""
     head = ["task", *(title for title, _, _ in PROBE_COLUMNS)]
     rows = [
-        [escape(str(t)), *(f(_dict(r).get(k)) for _, k, f in PROBE_COLUMNS)]
+        [escape(str(t)), *(f(as_dict(r).get(k)) for _, k, f in PROBE_COLUMNS)]
         for t, r in tasks.items()
     ]
     parts = [f"<h2>Probe tasks</h2><p>Mean score: {_short(probe.get('mean_score'))}</p>"]
@@ -309,10 +305,10 @@ def _probe(probe: Mapping[str, Any]) -> str:
 
 
 def _sae_body(report: Mapping[str, Any]) -> str:
-    cfg, ev = _dict(report.get("cfg")), _dict(report.get("eval"))
+    cfg, ev = as_dict(report.get("cfg")), as_dict(report.get("eval"))
     parts = [
         "<h2>Configuration</h2>" + _key_values(cfg) if cfg else "",
-        _metrics(ev) + _probe(_dict(ev.get("probe")))
+        _metrics(ev) + _probe(as_dict(ev.get("probe")))
         if ev
         else '<p class="empty">Not evaluated.</p>',
         _figures_section(sae_figures(report)),
@@ -323,10 +319,10 @@ def _sae_body(report: Mapping[str, Any]) -> str:
 def render_html(report: Mapping[str, Any]) -> str:
     """The whole report page; `report["kind"]` is "sweep" or "sae"."""
     if report.get("kind") == "sweep":
-        header = _header(report, "Sweep report", _dict(report.get("settings")))
+        header = _header(report, "Sweep report", as_dict(report.get("settings")))
         body = _sweep_body(report)
     else:
-        header = _header(report, "SAE report", _dict(report.get("cfg")))
+        header = _header(report, "SAE report", as_dict(report.get("cfg")))
         body = _sae_body(report)
     title = escape(str(report.get("title") or "Report"))
     return (
