@@ -17,7 +17,7 @@ from indexer.geometry import Ranked, decoder_neighbours, logit_effects
 from indexer.hashing import held_out
 from indexer.sources import ActivationSource
 from sae import explain
-from sae.lm import LanguageModel, vocabulary
+from sae.lm import LanguageModel, vocab_size, vocabulary
 from sae.model import SparseAutoencoder
 
 
@@ -40,19 +40,17 @@ def assemble(
     """All tables but `build`, and the numbers the summary and the build row report."""
     n = sae.cfg.n_latents
     w_u, gain = unembedding(lm)
-    vocab_size = max(len(w_u), len(lm.tokenizer))
+    n_tokens = vocab_size(lm)
     ids, sample_tokens, sample_acts, sample_indices = acc.tokens.arrays()
     # Independent steps run side by side: the GEMMs use both cores, the counting mostly one.
     with ThreadPoolExecutor(max_workers=2) as pool:
-        vocab_job = pool.submit(vocabulary, lm, vocab_size)
+        vocab_job = pool.submit(vocabulary, lm, n_tokens)
         coactive_job = pool.submit(
             coactivations, sample_acts, sample_indices, n_latents=n, top=cfg.coactive
         )
         weights_job = pool.submit(_weight_tables, sae, w_u, gain, cfg)
         fired = fired_codes(sample_tokens, sample_acts, sample_indices)
-        latent_tokens, token_latents = token_tables(
-            fired, vocab_size=vocab_size, top=cfg.top_tokens
-        )
+        latent_tokens, token_latents = token_tables(fired, vocab_size=n_tokens, top=cfg.top_tokens)
         texts, special = vocab_job.result()
         explanations = explain.explain_latents(
             explain.TokenSample(
@@ -87,7 +85,7 @@ def assemble(
     out = {
         "vocab": pa.table(
             {
-                "token_id": pa.array(np.arange(vocab_size), pa.int32()),
+                "token_id": pa.array(np.arange(n_tokens), pa.int32()),
                 "text": texts,
                 "special": special,
             }

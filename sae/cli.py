@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import sae
 from sae.cli_args import add_config_arguments, config_from_arguments
@@ -81,8 +82,7 @@ def run_sweep(args: argparse.Namespace) -> None:
     rows = sweep(cfg)
     print("\n".join(summary_lines(rows, json.loads((Path(cfg.out) / FITS).read_text()))))
     html, report = write_report(ReportConfig(path=cfg.out))
-    for finding in report_findings(report):
-        print(finding)
+    print("\n".join(report_findings(report)))
     print(f"table: {Path(cfg.out) / 'results.csv'}; fits: {Path(cfg.out) / FITS}; report: {html}")
 
 
@@ -91,14 +91,12 @@ def run_report(args: argparse.Namespace) -> None:
 
     cfg = config_from_arguments(ReportConfig, args)
     html, report = write_report(cfg)
-    for finding in report_findings(report):
-        print(finding)
-    print(f"report: {html} (its data: {report})")
+    print("\n".join(report_findings(report)))
+    print(f"report: {html} (its data: {html.with_suffix('.json')})")
 
 
-def report_findings(report_json: Path) -> list[str]:
+def report_findings(report: dict[str, Any]) -> list[str]:
     """One line per finding of a sweep report: verdict, claim, numbers."""
-    report = json.loads(report_json.read_text())
     marks = {True: "holds", False: "DOES NOT HOLD", None: "not measured"}
     return [
         f"[{marks[f['holds']]}] {f['claim']}: {f['detail']}" for f in report.get("findings", [])
@@ -164,43 +162,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    harvest_parser = commands.add_parser(
-        "harvest", help="cache a model's activations at one layer over a corpus"
-    )
-    add_config_arguments(harvest_parser, HarvestConfig)
-    harvest_parser.set_defaults(handler=run_harvest)
-
+    from sae.evaluate import EvalConfig
+    from sae.report.data import ReportConfig
+    from sae.sweep import SweepConfig
     from sae.train import TrainConfig
 
-    train_parser = commands.add_parser(
-        "train", help="train a TopK SAE on an activation cache (torchrun for several processes)"
-    )
-    add_config_arguments(train_parser, TrainConfig)
-    train_parser.set_defaults(handler=run_train)
-
-    from sae.evaluate import EvalConfig
-
-    eval_parser = commands.add_parser(
-        "eval", help="nmse, L0, dead latents and the LM loss with the SAE spliced in"
-    )
-    add_config_arguments(eval_parser, EvalConfig)
-    eval_parser.set_defaults(handler=run_eval)
-
-    from sae.sweep import SweepConfig
-
-    sweep_parser = commands.add_parser(
-        "sweep", help="train and evaluate a grid of SAEs over n and k; fit the scaling laws"
-    )
-    add_config_arguments(sweep_parser, SweepConfig)
-    sweep_parser.set_defaults(handler=run_sweep)
-
-    from sae.report.data import ReportConfig
-
-    report_parser = commands.add_parser(
-        "report", help="a self-contained HTML report (and its JSON) of an SAE or a sweep"
-    )
-    add_config_arguments(report_parser, ReportConfig)
-    report_parser.set_defaults(handler=run_report)
+    configured: list[tuple[str, type, Callable[[argparse.Namespace], None], str]] = [
+        ("harvest", HarvestConfig, run_harvest,
+         "cache a model's activations at one layer over a corpus"),
+        ("train", TrainConfig, run_train,
+         "train a TopK SAE on an activation cache (torchrun for several processes)"),
+        ("eval", EvalConfig, run_eval,
+         "nmse, L0, dead latents and the LM loss with the SAE spliced in"),
+        ("sweep", SweepConfig, run_sweep,
+         "train and evaluate a grid of SAEs over n and k; fit the scaling laws"),
+        ("report", ReportConfig, run_report,
+         "a self-contained HTML report (and its JSON) of an SAE or a sweep"),
+    ]  # fmt: skip
+    for name, config, handler, help_text in configured:  # flags from the config's fields
+        command = commands.add_parser(name, help=help_text)
+        add_config_arguments(command, config)
+        command.set_defaults(handler=handler)
 
     convert_parser = commands.add_parser(
         "convert", help="read an SAE from SAELens, sparsify or OpenAI files; write ours or SAELens"

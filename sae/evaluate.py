@@ -31,7 +31,7 @@ from sae.cache import ActivationCache, write_json
 from sae.contexts import build_contexts
 from sae.corpus import open_corpus
 from sae.errors import AtlasError
-from sae.lm import LanguageModel, load_lm, logits_with, next_token_loss_of, vocabulary
+from sae.lm import LanguageModel, load_lm, logits_with, next_token_loss_of, vocab_size, vocabulary
 from sae.model import SparseAutoencoder
 from sae.quality import (
     ablation_sparsity,
@@ -293,10 +293,7 @@ class Evaluator:
         self.quality = quality
         if quality is not None:
             self.sample = load_code_sample(self.cache, quality.sample_contexts)
-            size = max(
-                self.lm.model.get_output_embeddings().weight.shape[0], len(self.lm.tokenizer)
-            )
-            self.vocab, _ = vocabulary(self.lm, size)
+            self.vocab, _ = vocabulary(self.lm, vocab_size(self.lm))
 
     def __call__(
         self, sae_path: str | Path, *, model: SparseAutoencoder | None = None

@@ -296,6 +296,11 @@ def next_token_loss(
     return next_token_loss_of(logits_with(lm, input_ids, layer=layer, replace=replace), input_ids)
 
 
+def vocab_size(lm: LanguageModel) -> int:
+    """Token ids the model can emit or the tokenizer can produce, whichever is more."""
+    return max(lm.model.get_output_embeddings().weight.shape[0], len(lm.tokenizer))
+
+
 def vocabulary(lm: LanguageModel, size: int) -> tuple[list[str], np.ndarray]:
     """Every token's text (as the tokenizer decodes it alone) and whether it is special."""
     tokenizer = lm.tokenizer

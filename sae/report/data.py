@@ -44,8 +44,9 @@ class ReportConfig:
             raise ValueError("path must name an SAE folder or a sweep folder")
 
 
-def write_report(cfg: ReportConfig) -> tuple[Path, Path]:
-    """Build the report of `cfg.path`; write report.json and report.html; return their paths."""
+def write_report(cfg: ReportConfig) -> tuple[Path, dict[str, Any]]:
+    """Build the report of `cfg.path`, write report.json and report.html; return the page's
+    path and the report."""
     folder = Path(cfg.path).expanduser()
     report = build_report(folder)
     out = Path(cfg.out).expanduser() if cfg.out else folder
@@ -53,7 +54,7 @@ def write_report(cfg: ReportConfig) -> tuple[Path, Path]:
     json_path, html_path = out / "report.json", out / "report.html"
     write_json(json_path, report)
     write_atomic(html_path, render_html(report).encode())
-    return html_path, json_path
+    return html_path, report
 
 
 def build_report(folder: Path) -> dict[str, Any]:
