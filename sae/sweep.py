@@ -220,10 +220,23 @@ class SweepConfig:
 
 
 def read_results(out: Path) -> list[dict[str, Any]]:
+    """The finished runs. A last line cut short (a sweep killed while recording) is left out,
+    so its run is done again; any other unreadable line is an error naming it."""
     path = out / RESULTS
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                continue
+            raise AtlasError(
+                f"{path}, line {number}: not a JSON record; delete that line to run it again"
+            ) from None
+    return rows
 
 
 def sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
@@ -281,7 +294,7 @@ def _run(
 ) -> dict[str, Any]:
     folder = out / spec.name
     started = time.perf_counter()
-    train(
+    model = train(
         TrainConfig(
             out=str(folder),
             acts=cfg.acts,
@@ -299,7 +312,7 @@ def _run(
         )
     )
     trained = time.perf_counter()
-    values = evaluator(folder).to_dict()
+    values = evaluator(folder, model=model).to_dict()
     return {
         **asdict(spec),
         "tokens": cfg.tokens_for(spec.n),

@@ -109,6 +109,8 @@ class TrainConfig:
             raise ValueError(f"k ({self.k}) must not exceed latents ({self.latents})")
         if self.activation == "relu" and self.l1_coef <= 0:
             raise ValueError("l1_coef must be positive for a relu SAE (its only sparsity)")
+        if self.activation == "relu" and self.multi_topk:
+            raise ValueError("multi_topk applies to topk SAEs only; a relu SAE keeps every latent")
         if self.activation == "topk" and self.l1_coef:
             raise ValueError("l1_coef applies to relu SAEs only; a topk SAE is sparse by k")
         if not self.acts and self.tokens <= 0:

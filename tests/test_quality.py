@@ -189,6 +189,8 @@ def test_relu_settings_are_checked() -> None:
         TrainConfig(out="x", acts="a", activation="relu")
     with pytest.raises(ValueError, match="l1_coef applies to relu SAEs only"):
         TrainConfig(out="x", acts="a", l1_coef=0.1)
+    with pytest.raises(ValueError, match="multi_topk applies to topk SAEs only"):
+        TrainConfig(out="x", acts="a", activation="relu", l1_coef=0.1, multi_topk=True)
 
 
 def test_code_sample_type_is_what_encode_reads() -> None:

@@ -202,3 +202,14 @@ def test_workers_share_the_runs_and_record_each_once(tmp_path: Path, tiny_cache:
     assert sorted(names) == sorted(["n16_k2", "n16_k4", "n32_k2", "n32_k4"])
     assert [r["name"] for r in rows] == ["n16_k2", "n16_k4", "n32_k2", "n32_k4"]
     assert all((out / name / "eval.json").is_file() for name in names)
+
+
+def test_results_skip_a_cut_last_line_and_name_a_corrupt_one(tmp_path: Path) -> None:
+    from sae.errors import AtlasError
+    from sae.sweep import read_results
+
+    (tmp_path / "results.jsonl").write_text('{"name": "a"}\n{"name": "b"}\n{"name": "c", "nm')
+    assert [row["name"] for row in read_results(tmp_path)] == ["a", "b"]
+    (tmp_path / "results.jsonl").write_text('{"name": "a"}\ngarbage\n{"name": "c"}\n')
+    with pytest.raises(AtlasError, match=r"results.jsonl, line 2: not a JSON record"):
+        read_results(tmp_path)
