@@ -143,21 +143,18 @@ def test_a_sweep_with_baselines_and_quality_metrics_reports_every_group(
     from sae.cli import main
 
     out = tmp_path / "sweep"
-    cfg = SweepConfig(
-        acts=str(tiny_cache),
-        out=str(out),
+    cfg = dataclasses.replace(
+        small_sweep(tiny_cache, out),
         latents="16,32",
-        k="2,4",
         tokens=128 * 4,
-        batch_size=128,
+        token_exponent=0.6,
         relu_l1="0.05,1",
         frontier_latents=32,
         dead_latents=32,
         dead_k=4,
-        eval_contexts=4,
+        quality=True,
         sample_contexts=40,
         ablation_positions=1,
-        progress=False,
     )
     rows = sweep(cfg)
     assert [r["group"] for r in rows] == ["grid"] * 4 + ["relu"] * 2 + ["dead"] * 3
