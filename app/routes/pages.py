@@ -6,6 +6,7 @@ browser request gets the whole page, so every URL works on its own and can be sh
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -67,11 +68,16 @@ def overview(request: Request, db: Annotated[IndexDB, Depends(db_of)]) -> HTMLRe
             for key, value in (build.sae_eval or {}).items()
             if key not in ("probe", "acts")  # the probe's tasks are a figure; acts a path
         },
-        "report_figures": Markup(render_figures_html(sae_figures(build.report)))
-        if build.report
-        else "",
+        "report_figures": report_figures(db),
     }
     return _render(request, "overview.html", None, context)
+
+
+@functools.lru_cache(maxsize=8)
+def report_figures(db: IndexDB) -> Markup:
+    """The `sae report` figures of the served SAE: the index never changes, so drawn once."""
+    report = db.build.report
+    return Markup(render_figures_html(sae_figures(report))) if report else Markup("")
 
 
 @router.get("/latents", response_class=HTMLResponse)
