@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import types
 import typing
-from collections.abc import Sequence
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -48,14 +47,3 @@ def _without_none(kind: Any) -> Any:
 def config_from_arguments(config_type: type[T], args: argparse.Namespace) -> T:
     names = {spec.name for spec in dataclasses.fields(config_type)}  # type: ignore[arg-type]
     return config_type(**{name: value for name, value in vars(args).items() if name in names})
-
-
-def help_only_main(prog: str, description: str, argv: Sequence[str] | None) -> int:
-    """A command whose subcommands are still to come: `--version`, and help otherwise."""
-    import sae
-
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--version", action="version", version=f"latent-atlas {sae.__version__}")
-    parser.parse_args(argv)
-    parser.print_help()
-    return 0
