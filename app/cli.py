@@ -1,6 +1,6 @@
 """The `atlas` command: serve the feature browser over an index built by `indexer build`.
 
-atlas serve --index runs/demo/index.duckdb [--host 127.0.0.1] [--port 8000]
+atlas serve --index runs/demo/index.duckdb [--host 127.0.0.1] [--port 8000] [--allow-host NAME]
 """
 
 from __future__ import annotations
@@ -29,6 +29,14 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="longest text accepted by live text (default %(default)s)",
     )
+    serve.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also accept requests whose Host header is NAME (repeatable; '*' accepts any). "
+        "Without it only localhost, IP addresses and --host are accepted, against DNS rebinding",
+    )
     return parser
 
 
@@ -47,7 +55,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = AppSettings(
-            index=args.index, host=args.host, port=args.port, max_live_chars=args.max_live_chars
+            index=args.index,
+            host=args.host,
+            port=args.port,
+            max_live_chars=args.max_live_chars,
+            allowed_hosts=tuple(args.allow_host),
         )
         serve(settings)
     except (AtlasAppError, ValueError) as exc:

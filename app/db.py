@@ -20,9 +20,10 @@ from sqlalchemy.engine import RowMapping
 
 from app import db_detail, db_search
 from app import records as r
+from app.db_check import read_every_table
 from app.db_rows import SORT_COLUMNS, latent_filters, summary
 from app.db_slices import ExampleColumns, LatentSlices
-from app.errors import AtlasAppError
+from app.errors import STORAGE_ERRORS, AtlasAppError, damaged_index
 from app.filters import escaped_token
 from indexer import schema as s
 
@@ -50,6 +51,13 @@ def open_engine(path: Path) -> sa.Engine:
             f"{path} is not a readable Latent Atlas index (built by `indexer build`): {first}",
             status=500,
         ) from None
+    try:
+        with engine.connect() as connection:
+            read_every_table(connection)
+    except STORAGE_ERRORS as exc:
+        engine.dispose()
+        raise damaged_index(path, exc) from None
+    engine.dispose()  # frees the blocks the check left in DuckDB's cache; reopens on use
     return engine
 
 

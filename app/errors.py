@@ -1,19 +1,24 @@
 """One error type for the app and one handler that renders it for whoever asked.
 
 A browser gets an HTML page, an HTMX request a fragment to swap in, and anything under
-`/api/` a JSON body `{"detail": ...}`. Validation errors and unknown routes go through the
-same handler so that no request ends in a bare 500 or a framework page.
+`/api/` a JSON body `{"detail": ...}`. Validation errors, unknown routes, a damaged index
+file and unexpected errors go through the same renderer so that no request ends in a bare
+500 or a framework page.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
+import duckdb
+import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("atlas")
 
@@ -25,6 +30,24 @@ class AtlasAppError(Exception):
         super().__init__(message)
         self.message = message
         self.status = status
+
+
+# What DuckDB raises when it cannot read the file (a failed block checksum, a short read),
+# bare or wrapped by SQLAlchemy. The queries are the app's own and the schema is checked
+# at start, so while serving these mean the file, not the request.
+STORAGE_ERRORS = (duckdb.Error, sa.exc.DBAPIError)
+
+
+def damaged_index(path: Path, exc: BaseException) -> AtlasAppError:
+    """The message for an index file DuckDB cannot read, with the driver's own first line."""
+    cause = getattr(exc, "orig", None) or exc  # the driver's message, not SQLAlchemy's
+    text = str(cause).strip()
+    first = text.splitlines()[0] if text else type(cause).__name__
+    return AtlasAppError(
+        f"the index file {path} is damaged and cannot be read ({first}): "
+        "rebuild it with `indexer build`",
+        status=500,
+    )
 
 
 def render_error(request: Request, error: AtlasAppError) -> Response:
@@ -67,15 +90,48 @@ def install_error_handlers(app: FastAPI) -> None:
         message = "page not found" if exc.status_code == 404 else str(exc.detail)
         return render_error(request, AtlasAppError(message, status=exc.status_code))
 
-    async def on_unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unexpected error on %s", request.url.path)
-        return render_error(request, AtlasAppError("internal error", status=500))
+    async def on_storage(request: Request, exc: Exception) -> Response:
+        error = damaged_index(request.app.state.settings.index, exc)
+        log.error("%s %s: %s", request.method, request.url.path, error.message)  # no traceback
+        return render_error(request, error)
 
     handlers: dict[Any, Any] = {
         AtlasAppError: on_app_error,
         RequestValidationError: on_validation,
         StarletteHTTPException: on_http,
-        Exception: on_unexpected,
     }
+    handlers |= {kind: on_storage for kind in STORAGE_ERRORS}
     for kind, handler in handlers.items():
         app.add_exception_handler(kind, handler)
+
+
+class UnexpectedErrors:
+    """Any other exception: logged with its traceback, answered with the app's 500 page.
+
+    An ASGI middleware rather than an `Exception` handler: Starlette runs that handler
+    outside every middleware, so its response would miss the security headers.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched_send)
+        except Exception:
+            if started:  # too late for an error page: the server drops the connection
+                raise
+            request = Request(scope, receive)
+            log.exception("unexpected error on %s", request.url.path)
+            response = render_error(request, AtlasAppError("internal error", status=500))
+            await response(scope, receive, send)

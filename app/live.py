@@ -1,7 +1,8 @@
 """Live text: run the index's model and SAE on the user's text, per-token top latents.
 
 The model named in the index's provenance (`build.model`) and the SAE at `build.sae_path`
-are loaded on first use, not at start-up, so browsing never waits for them. Tokens are
+are loaded on first use, not at start-up, so browsing never waits for them. The tokenizer
+comes first and alone: a text over the caps is refused before any weights load. Tokens are
 treated as in the index: position 0 is the attention sink and gets no code, and so does any
 token whose residual norm exceeds the index's `sink_norm_limit` (when it has one).
 """
@@ -26,6 +27,11 @@ OVER_LIMIT = "its norm exceeds the attention-sink limit of the index: not encode
 class _Loaded:
     lm: Any  # sae.lm.LanguageModel
     sae: Any  # sae.model.SparseAutoencoder
+
+
+@dataclass
+class _Tokenizer:
+    tokenizer: Any  # its PreTrainedTokenizerBase
     max_positions: int
 
 
@@ -35,8 +41,30 @@ class LiveEncoder:
     def __init__(self, *, build: r.BuildInfo, settings: AppSettings) -> None:
         self.build = build
         self.settings = settings
+        self._tokenizer: _Tokenizer | None = None
         self._loaded: _Loaded | None = None
         self._lock = threading.Lock()
+
+    def _unavailable(self, exc: Exception) -> AtlasAppError:
+        return AtlasAppError(
+            f"live text is unavailable: cannot load model {self.build.model!r} or SAE "
+            f"{self.build.sae_path!r} named by the index ({exc})",
+            status=503,
+        )
+
+    def _load_tokenizer(self) -> _Tokenizer:
+        """The model's tokenizer and context length: no weights, a fraction of a second."""
+        from transformers import AutoTokenizer
+
+        from sae.lm import load_config, resolve_model
+
+        try:
+            config = load_config(self.build.model)
+            tokenizer = AutoTokenizer.from_pretrained(resolve_model(self.build.model))
+        except Exception as exc:
+            raise self._unavailable(exc) from None
+        limit = getattr(config, "max_position_embeddings", None) or 10**9
+        return _Tokenizer(tokenizer=tokenizer, max_positions=int(limit))
 
     def _load(self) -> _Loaded:
         import sae
@@ -46,13 +74,8 @@ class LiveEncoder:
             lm = load_lm(self.build.model, device=self.settings.device)
             model = sae.load(self.build.sae_path, device=self.settings.device)
         except Exception as exc:
-            raise AtlasAppError(
-                f"live text is unavailable: cannot load model {self.build.model!r} or SAE "
-                f"{self.build.sae_path!r} named by the index ({exc})",
-                status=503,
-            ) from None
-        limit = getattr(lm.model.config, "max_position_embeddings", None) or 10**9
-        return _Loaded(lm=lm, sae=model, max_positions=int(limit))
+            raise self._unavailable(exc) from None
+        return _Loaded(lm=lm, sae=model)
 
     def check_length(self, text: str) -> None:
         if not text.strip():
@@ -68,18 +91,25 @@ class LiveEncoder:
         """Per-token top latents of `text`; `explanations(ids)` names the latents."""
         self.check_length(text)
         with self._lock:
+            ids = self._token_ids(text)  # the caps before the weights
             if self._loaded is None:
                 self._loaded = self._load()
             loaded = self._loaded
-            ids = loaded.lm.tokenizer(text, add_special_tokens=False)["input_ids"]
-            cap = min(self.settings.max_live_tokens, loaded.max_positions)
-            if len(ids) > cap:
-                raise AtlasAppError(
-                    f"the text is {len(ids):,} tokens long; live text takes at most {cap:,}",
-                    status=413,
-                )
             acts, indices, skipped = self._codes(loaded, ids)
         return self._result(loaded, ids, acts, indices, skipped, explanations)
+
+    def _token_ids(self, text: str) -> list[int]:
+        """The text's token ids, or a 413 past the token cap (or the model's context)."""
+        if self._tokenizer is None:
+            self._tokenizer = self._load_tokenizer()
+        ids: list[int] = self._tokenizer.tokenizer(text, add_special_tokens=False)["input_ids"]
+        cap = min(self.settings.max_live_tokens, self._tokenizer.max_positions)
+        if len(ids) > cap:
+            raise AtlasAppError(
+                f"the text is {len(ids):,} tokens long; live text takes at most {cap:,}",
+                status=413,
+            )
+        return ids
 
     def _codes(
         self, loaded: _Loaded, ids: list[int]

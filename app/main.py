@@ -3,30 +3,24 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 import sae
 from app import filters
 from app.db import IndexDB
-from app.errors import install_error_handlers
+from app.errors import STORAGE_ERRORS, UnexpectedErrors, damaged_index, install_error_handlers
+from app.http import BodyTimeout, HeadAsGet, HostCheck, SecurityHeaders
 from app.live import LiveEncoder
 from app.routes import api, pages
 from app.settings import AppSettings
 
 log = logging.getLogger("atlas")
 HTMX_PATH = "vendor/htmx.min.js"
-
-# No inline script or style anywhere: a token that smuggles markup past escaping still
-# could not run. Histograms are inline SVG elements, which this allows.
-CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
-)
 
 
 def _templates(settings: AppSettings, *, has_htmx: bool) -> Jinja2Templates:
@@ -50,7 +44,10 @@ def _check_htmx(settings: AppSettings) -> bool:
 
 def create_app(settings: AppSettings) -> FastAPI:
     """The browser over `settings.index`; raises AtlasAppError naming a bad index file."""
-    db = IndexDB(settings.index)
+    try:
+        db = IndexDB(settings.index)
+    except STORAGE_ERRORS as exc:  # a block the start-up check passed, then failed to read
+        raise damaged_index(settings.index, exc) from None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -74,15 +71,15 @@ def create_app(settings: AppSettings) -> FastAPI:
     app.include_router(pages.router)
     app.include_router(api.router)
     app.mount("/static", StaticFiles(directory=str(settings.static_dir)), name="static")
-
-    @app.middleware("http")
-    async def security_headers(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        response = await call_next(request)
-        response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "same-origin")
-        return response
-
+    _install_middleware(app, settings)
     return app
+
+
+def _install_middleware(app: FastAPI, settings: AppSettings) -> None:
+    # Each one added wraps the ones before: the security headers go on every response,
+    # error pages included, and a HEAD request gets no body whatever answers it.
+    app.add_middleware(BodyTimeout, seconds=settings.body_timeout)
+    app.add_middleware(HostCheck, settings=settings)
+    app.add_middleware(UnexpectedErrors)
+    app.add_middleware(HeadAsGet)
+    app.add_middleware(SecurityHeaders)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+# A DNS name or IPv4 address (dot-separated labels), or a bare IPv6 address.
+HOST_NAME = re.compile(r"[\w-]+(\.[\w-]+)*\.?|[0-9A-Fa-f:]+", re.ASCII)
 
 
 @dataclass
@@ -23,6 +26,16 @@ class AppSettings:
     max_live_tokens: int = field(default=512, metadata={"help": "most tokens of live text"})
     live_top_latents: int = field(default=5, metadata={"help": "latents shown per live token"})
     device: str = field(default="cpu", metadata={"help": "torch device for live text"})
+    allowed_hosts: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "Host header names accepted besides localhost, IP literals and `host` "
+            "(a guard against DNS rebinding); '*' accepts any"
+        },
+    )
+    body_timeout: float = field(
+        default=10.0, metadata={"help": "seconds a request may take to send its body"}
+    )
     templates_dir: Path = field(
         default=PACKAGE_ROOT / "templates", metadata={"help": "Jinja2 templates of the pages"}
     )
@@ -46,6 +59,15 @@ class AppSettings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not self.body_timeout > 0:
+            raise ValueError(f"body_timeout must be positive, got {self.body_timeout}")
+        self.allowed_hosts = tuple(self.allowed_hosts)
+        for name in self.allowed_hosts:
+            if name != "*" and not HOST_NAME.fullmatch(name):
+                raise ValueError(
+                    f"allowed_hosts: {name!r} is not a host name (give a name such as "
+                    "atlas.example.org, without port or wildcard, or '*' for any)"
+                )
         if self.page_size > self.max_page_size:
             raise ValueError(
                 f"page_size ({self.page_size}) must not exceed max_page_size ({self.max_page_size})"

@@ -195,7 +195,12 @@ def app_client(app_index: Path) -> Iterator[Any]:
     from app.main import create_app
     from app.settings import AppSettings
 
-    settings = AppSettings(index=app_index, max_live_chars=300, max_page_size=100)
+    settings = AppSettings(
+        index=app_index,
+        max_live_chars=300,
+        max_page_size=100,
+        allowed_hosts=("testserver",),  # the Host that TestClient and schemathesis send
+    )
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         yield client
 

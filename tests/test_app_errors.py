@@ -86,7 +86,7 @@ def test_without_htmx_pages_still_work_and_the_server_warns(
     with caplog.at_level(logging.WARNING, logger="atlas"):
         app = create_app(AppSettings(index=app_index, static_dir=static))
     assert "htmx is missing" in caplog.text
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://localhost") as client:
         page = client.get("/latents")
     assert page.status_code == 200 and "htmx.min.js" not in page.text
 

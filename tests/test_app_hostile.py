@@ -17,7 +17,9 @@ from app.settings import AppSettings
 @pytest.fixture(scope="module")
 def hostile_client(hostile_index: Path) -> Iterator[TestClient]:
     with TestClient(
-        create_app(AppSettings(index=hostile_index)), raise_server_exceptions=False
+        create_app(AppSettings(index=hostile_index)),
+        base_url="http://localhost",
+        raise_server_exceptions=False,
     ) as c:
         yield c
 

@@ -73,7 +73,7 @@ def test_overview_shows_the_report_figures_of_a_trained_sae(
         )
     )
     index = _index_tiny(sae_folder, tiny_cache, tmp_path / "index.duckdb")
-    with TestClient(create_app(AppSettings(index=index))) as client:
+    with TestClient(create_app(AppSettings(index=index)), base_url="http://localhost") as client:
         html = page(client, "/")
         report = client.get("/api/build").json()["report"]
     figures = html.select("#sae-report figure.report-figure")
