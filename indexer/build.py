@@ -35,6 +35,7 @@ from sae.evaluate import sink_limit
 from sae.formats import detect
 from sae.lm import LanguageModel, check_layer, load_config, load_lm
 from sae.model import SparseAutoencoder
+from sae.outputs import check_not_inside, check_output_file
 from sae.report.data import sae_report
 
 DEFAULT_STREAM_TOKENS = 200_000
@@ -77,10 +78,11 @@ def build(cfg: BuildConfig, *, progress: bool = True) -> BuildSummary | None:
     """Build the index at `cfg.out`. Returns the summary on rank 0, None on other ranks."""
     started = time.perf_counter()
     out = Path(cfg.out).expanduser()
-    if out.is_dir():
-        raise AtlasError(f"--out {out} is a folder; give the path of a .duckdb file")
+    check_not_inside(out, *_sae_folders(cfg.sae))
+    check_output_file(out, kind="a Latent Atlas index", is_ours=is_index)
     model = sae_package.load(cfg.sae, device=cfg.device)
     source, lm = _open_source(cfg, model)
+    check_not_inside(out, ("the activation cache", cfg.acts))  # once --acts is known a cache
     limit = _sink_limit(cfg, model, source)
     rank, world = _rank_and_world()
     positions = source.token_ids.shape[1] - 1
@@ -123,6 +125,42 @@ def build(cfg: BuildConfig, *, progress: bool = True) -> BuildSummary | None:
         file_bytes=out.stat().st_size,
         metrics=metrics,
     )
+
+
+DUCKDB_MAGIC = b"DUCK"  # bytes 8-11 of every DuckDB database file, after a checksum
+
+
+def is_index(path: Path) -> bool:
+    """Whether `path` is a Latent Atlas index: a DuckDB file with our `build` table.
+
+    The magic bytes come first, so no other file is ever opened as a database.
+    """
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(12)[8:] != DUCKDB_MAGIC:
+                return False
+    except OSError:
+        return False
+    import duckdb
+
+    try:
+        with duckdb.connect(str(path), read_only=True) as connection:
+            found = connection.execute(
+                "SELECT count(*) FROM duckdb_columns() WHERE table_name = 'build' "
+                "AND column_name IN ('schema_version', 'sae_hash')"
+            ).fetchone()
+    except duckdb.Error:
+        return False  # damaged, or a storage version this DuckDB cannot read: not provably ours
+    return found is not None and found[0] == 2
+
+
+def _sae_folders(sae: str) -> list[tuple[str, str | Path | None]]:
+    """What an index must not be written into: the SAE path and the folder its reader reads."""
+    path = Path(sae).expanduser()
+    folders: list[tuple[str, str | Path | None]] = [("the SAE", sae)]
+    if path.exists():
+        folders.append(("the SAE", detect(path)[1]))
+    return folders
 
 
 def _open_source(

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sae.config import check_field_types
+
 
 @dataclass
 class BuildConfig:
     """What to index and how much of each latent's dashboard to keep."""
 
     sae: str = field(metadata={"help": "the SAE: our folder, SAELens, sparsify or OpenAI file"})
-    out: str = field(metadata={"help": "the DuckDB file to write (replaced only when complete)"})
+    out: str = field(
+        metadata={
+            "help": "the DuckDB file to write: a new path, or an index written before (replaced "
+            "only when complete); never a file of another kind, nor inside the SAE or cache"
+        }
+    )
     acts: str | None = field(
         default=None,
         metadata={"help": "activation cache from `sae harvest`; without it the model is run"},
@@ -74,6 +81,7 @@ class BuildConfig:
     device: str = field(default="cpu", metadata={"help": "torch device for the SAE and the LM"})
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         positive = (
             "top_examples",
             "quantile_bands",

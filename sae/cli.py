@@ -188,7 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
         "convert", help="read an SAE from SAELens, sparsify or OpenAI files; write ours or SAELens"
     )
     convert_parser.add_argument("src", help="SAE folder or file to read")
-    convert_parser.add_argument("--out", required=True, help="folder to write")
+    convert_parser.add_argument(
+        "--out",
+        required=True,
+        help="folder to write: new or empty, or one holding an SAE this command wrote in the "
+        "same format (replaced)",
+    )
     convert_parser.add_argument(
         "--from",
         dest="from_format",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -61,6 +63,7 @@ class SaeConfig:
     library_version: str = ""
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         for name in ("d_in", "n_latents", "k", "k_aux", "dead_tokens"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -99,3 +102,68 @@ class SaeConfig:
             return cls(**values)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{source}: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Field types: every config dataclass calls this first in its __post_init__
+# ---------------------------------------------------------------------------------------------
+
+
+def check_field_types(config: Any) -> None:
+    """Every field of the dataclass instance `config` holds a value of its annotated type.
+
+    Values come from JSON files (cfg.json, sweep.json) and Python callers as well as from
+    argparse, so `"k": 16.5` or `"k": "16"` must fail here, naming the field, rather than deep
+    inside torch. int excludes bool; float accepts int; `X | None` accepts None; a
+    `Literal[...]` accepts its choices only.
+    """
+    hints = typing.get_type_hints(type(config))
+    for spec in dataclasses.fields(config):
+        value = getattr(config, spec.name)
+        kind = hints[spec.name]
+        if not _matches(value, kind):
+            raise ValueError(f"field {spec.name!r} must be {_describe(kind)}, got {value!r}")
+
+
+def _union_args(kind: Any) -> tuple[Any, ...] | None:
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        return typing.get_args(kind)
+    return None
+
+
+def _matches(value: Any, kind: Any) -> bool:
+    union = _union_args(kind)
+    if union is not None:
+        return any(_matches(value, option) for option in union)
+    if typing.get_origin(kind) is Literal:
+        # type as well as value: True == 1, but a Literal of strings wants a string
+        return any(
+            type(value) is type(choice) and value == choice for choice in typing.get_args(kind)
+        )
+    if kind is Any:
+        return True
+    if kind is type(None):
+        return value is None
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    origin = typing.get_origin(kind) or kind  # dict[str, Any] -> dict: the container only
+    return not isinstance(origin, type) or isinstance(value, origin)
+
+
+_NAMES = {int: "an int", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _describe(kind: Any) -> str:
+    union = _union_args(kind)
+    if union is not None:
+        options = [_describe(option) for option in union if option is not type(None)]
+        return " or ".join(options) + (" or None" if type(None) in union else "")
+    if typing.get_origin(kind) is Literal:
+        return "one of " + ", ".join(repr(choice) for choice in typing.get_args(kind))
+    if kind in _NAMES:
+        return _NAMES[kind]
+    return f"a {getattr(kind, '__name__', kind)}"

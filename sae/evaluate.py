@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -28,6 +30,7 @@ import torch
 from torch import Tensor
 
 from sae.cache import ActivationCache, write_json
+from sae.config import check_field_types
 from sae.contexts import build_contexts
 from sae.corpus import open_corpus
 from sae.errors import AtlasError
@@ -65,6 +68,7 @@ class EvalConfig:
     device: str = field(default="cpu", metadata={"help": "torch device"})
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         for name in ("contexts", "batch_size", "sample_contexts", "ablation_positions"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -390,9 +394,25 @@ EVAL_RECORD = "eval.json"
 
 
 def record_eval(folder: Path, result: EvalResult, *, acts: str) -> None:
-    """Keep the latest eval beside our SAE's weights, where `indexer build` finds it."""
-    if not (folder / "cfg.json").is_file() or not (folder / "sae.safetensors").is_file():
-        return  # a foreign file or folder: not ours to write into
-    record = {**result.to_dict(), "acts": str(Path(acts).expanduser().resolve())}
-    with contextlib.suppress(OSError):  # a read-only folder: the eval was printed all the same
-        write_json(folder / EVAL_RECORD, record)
+    """Keep the latest eval beside our SAE's weights, where `indexer build` finds it: only in
+    a folder of ours (a sparsify folder has the same file names) and only over a record of ours."""
+    from sae.formats import detect
+
+    with contextlib.suppress(AtlasError, OSError):
+        if detect(folder) == ("ours", folder) and not _foreign_record(folder / EVAL_RECORD):
+            record = {**result.to_dict(), "acts": str(Path(acts).expanduser().resolve())}
+            write_json(folder / EVAL_RECORD, record)  # a read-only folder: printed all the same
+
+
+def _foreign_record(path: Path) -> bool:
+    """An eval.json that this function did not write (a user's file of the same name)."""
+    try:
+        value = json.loads(path.read_text())
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        value = None
+    ours = isinstance(value, dict) and "nmse" in value
+    if not ours:
+        logging.getLogger(__name__).warning("not replacing %s: sae eval did not write it", path)
+    return not ours

@@ -25,10 +25,13 @@ from typing import Any
 import torch
 
 from sae.cache import write_json
+from sae.config import check_field_types
 from sae.errors import AtlasError
 from sae.evaluate import Evaluator, Quality
+from sae.outputs import check_not_inside, check_output_folder
+from sae.run_folder import read_metrics
 from sae.scaling import fit_joint, fit_power_law
-from sae.train import TrainConfig, read_metrics, train
+from sae.train import TrainConfig, train
 
 RESULTS = "results.jsonl"
 SETTINGS = "sweep.json"
@@ -116,7 +119,12 @@ class SweepConfig:
     """Settings of `sae sweep`. Field help texts become `sae sweep --help`."""
 
     acts: str = field(metadata={"help": "activation cache written by `sae harvest`"})
-    out: str = field(metadata={"help": "folder for the runs, results.csv and fits.json"})
+    out: str = field(
+        metadata={
+            "help": "folder for the runs, results.csv and fits.json: new, empty, or a sweep's "
+            "own (a rerun resumes it)"
+        }
+    )
     latents: str = field(
         default="512,1024,2048,4096", metadata={"help": "comma-separated numbers of latents n"}
     )
@@ -168,6 +176,7 @@ class SweepConfig:
     progress: bool = field(default=True, metadata={"help": "progress bars"})
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         latents = parse_sizes(self.latents, name="latents")
         ks = parse_sizes(self.k, name="k")
         if (
@@ -242,6 +251,8 @@ def read_results(out: Path) -> list[dict[str, Any]]:
 def sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
     """Train and evaluate every run not yet in results.jsonl; write the table and fits."""
     out = Path(cfg.out).expanduser()
+    check_not_inside(out, ("the activation cache", cfg.acts))
+    check_output_folder(out, kind="a sweep folder", is_ours=is_sweep)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / SETTINGS, asdict(cfg))
     workers = cfg.workers or max(torch.cuda.device_count(), 1)
@@ -254,6 +265,11 @@ def sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
     _write_table(out / "results.csv", rows)
     write_json(out / FITS, fits(rows))
     return rows
+
+
+def is_sweep(folder: Path) -> bool:
+    """Whether `folder` is a sweep's: its settings are the first thing a sweep writes."""
+    return (folder / SETTINGS).is_file() or (folder / RESULTS).is_file()
 
 
 def run_share(cfg: SweepConfig, *, share: int, of: int) -> None:

@@ -26,12 +26,14 @@ from sae.formats.common import (
     ExportFormat,
     Format,
     layer_of_hook,
+    read_json,
 )
 from sae.formats.openai import load_openai
 from sae.formats.ours import load_ours, ours_or_sparsify
 from sae.formats.saelens import load_saelens, save_saelens
 from sae.formats.sparsify import load_sparsify, sparsify_hookpoints
 from sae.model import CONFIG, WEIGHTS, SparseAutoencoder
+from sae.outputs import check_not_inside, check_output_folder, holds_only
 
 __all__ = [
     "FORMATS",
@@ -114,13 +116,39 @@ def convert(
 ) -> SparseAutoencoder:
     """Read `src` (detecting its format unless `from_format` says) and write it to `out`.
 
-    Returns the SAE that was read, so a caller can report what it converted.
+    Returns the SAE that was read, so a caller can report what it converted. `out` must be a
+    new or empty folder, or a folder holding only an SAE we wrote in `to_format` (a rerun
+    replaces it), and neither `src` nor inside it.
     """
+    if to_format not in ("ours", "saelens"):
+        raise AtlasError(f"cannot write SAE format {to_format!r}; expected 'ours' or 'saelens'")
+    target = Path(out).expanduser()
+    check_not_inside(target, ("the SAE being converted", src))
+    check_output_folder(
+        target,
+        kind=f"an SAE folder we wrote in the {to_format} format",
+        is_ours=lambda folder: written_by_us(folder, to_format),
+    )
     sae = load(src, from_format=from_format)
     if to_format == "ours":
         sae.save(out)
-    elif to_format == "saelens":
-        save_saelens(sae, out)
     else:
-        raise AtlasError(f"cannot write SAE format {to_format!r}; expected 'ours' or 'saelens'")
+        save_saelens(sae, out)
     return sae
+
+
+def written_by_us(folder: Path, fmt: ExportFormat) -> bool:
+    """Whether `folder` holds nothing but an SAE that we wrote in `fmt`: what a rerun of the
+    same conversion may replace. A trained run (checkpoints, metrics) or an SAE in the other
+    format (whose weights would stay behind and win detection) is not."""
+    weights = WEIGHTS if fmt == "ours" else SAELENS_WEIGHTS
+    if not holds_only(folder, {CONFIG, weights}) or not (folder / weights).is_file():
+        return False
+    try:
+        raw = read_json(folder / CONFIG)
+    except AtlasError:
+        return False
+    if fmt == "ours":
+        return "n_latents" in raw and "library_version" in raw
+    metadata = raw.get("metadata")
+    return isinstance(metadata, dict) and "latent_atlas_version" in metadata

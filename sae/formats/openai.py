@@ -87,9 +87,11 @@ def openai_k(state: dict[str, Any], path: Path) -> int:
         )
     k = settings.get("k")
     if isinstance(k, Tensor) and k.numel() == 1:
-        k = int(k.item())
+        k = k.item()  # a one-element tensor: its value, still checked (16.5 is no k)
     if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
-        raise AtlasError(f"{path}: field 'activation_state_dict.k' must be a positive integer")
+        raise AtlasError(
+            f"{path}: field 'activation_state_dict.k' must be a positive integer, got {k!r}"
+        )
     return k
 
 

@@ -28,7 +28,7 @@ from sae.formats.common import (
     read_json,
     read_tensors,
 )
-from sae.model import CONFIG, SparseAutoencoder
+from sae.model import CONFIG, SparseAutoencoder, check_finite
 
 # ---------------------------------------------------------------------------------------------
 # SAELens: cfg.json + sae_weights.safetensors, W_enc stored (d_in, d_sae)
@@ -226,6 +226,7 @@ def save_saelens(sae: SparseAutoencoder, folder: str | Path) -> Path:
         "W_dec": W_dec.float().contiguous(),
         "b_dec": b_pre.float().contiguous(),
     }
+    check_finite(tensors, prefix=f"refusing to save {out}")
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / SAELENS_WEIGHTS))
     saelens_cfg = saelens_config(cfg, normalize)

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from sae.cache import write_atomic, write_json
+from sae.config import check_field_types
 from sae.errors import AtlasError
 from sae.findings import findings
-from sae.report.html import render_html
-from sae.train import read_metrics
+from sae.outputs import check_output_file, check_output_folder
+from sae.report.html import HTML_START, render_html
+from sae.run_folder import read_metrics
 
 TRAINING_POINTS = 300  # training-curve points kept in a report
 
@@ -37,9 +39,16 @@ class ReportConfig:
     """Settings of `sae report`. Field help texts become `sae report --help`."""
 
     path: str = field(metadata={"help": "an SAE folder or a `sae sweep` folder"})
-    out: str = field(default="", metadata={"help": "folder for report.html/json (default: path)"})
+    out: str = field(
+        default="",
+        metadata={
+            "help": "folder for report.html/json (default: path); a report.html or report.json "
+            "there that `sae report` did not write is never replaced"
+        },
+    )
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if not self.path:
             raise ValueError("path must name an SAE folder or a sweep folder")
 
@@ -50,11 +59,41 @@ def write_report(cfg: ReportConfig) -> tuple[Path, dict[str, Any]]:
     folder = Path(cfg.path).expanduser()
     report = build_report(folder)
     out = Path(cfg.out).expanduser() if cfg.out else folder
-    out.mkdir(parents=True, exist_ok=True)
     json_path, html_path = out / "report.json", out / "report.html"
+    check_report_paths(
+        out, json_path=json_path, html_path=html_path, flag="--out" if cfg.out else "--path"
+    )
+    out.mkdir(parents=True, exist_ok=True)
     write_json(json_path, report)
     write_atomic(html_path, render_html(report).encode())
     return html_path, report
+
+
+def check_report_paths(out: Path, *, json_path: Path, html_path: Path, flag: str) -> None:
+    """The report goes into any folder, beside what is there, but replaces only a report.json
+    and report.html that `sae report` wrote: a page of the user's of the same name stays."""
+    check_output_folder(out, kind="a folder", is_ours=lambda _: True, flag=flag)
+    for path, ours in ((json_path, _is_report_json), (html_path, _is_report_html)):
+        check_output_file(
+            path,
+            kind="a report that `sae report` wrote",
+            is_ours=ours,
+            flag="",
+            hint="pass --out to write the report into another folder",
+        )
+
+
+def _is_report_json(path: Path) -> bool:
+    report = _read_json(path)
+    return report is not None and report.get("kind") in ("sae", "sweep") and "title" in report
+
+
+def _is_report_html(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(HTML_START.encode())) == HTML_START.encode()
+    except OSError:
+        return False
 
 
 def build_report(folder: Path) -> dict[str, Any]:

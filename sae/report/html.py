@@ -16,6 +16,8 @@ from sae.report.figures import Figure, as_dict, sae_figures, sweep_figures
 from sae.report.svg import finite
 
 DASH = "—"  # what a missing value shows
+# How every page we write begins: `sae report` replaces a report.html only when it starts so.
+HTML_START = '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
 MARKERS = {  # a finding's "holds" -> (css class, what the reader sees)
     True: ("holds", "✓ holds"),
     False: ("fails", "✗ does not hold"),
@@ -326,7 +328,7 @@ def render_html(report: Mapping[str, Any]) -> str:
         body = _sae_body(report)
     title = escape(str(report.get("title") or "Report"))
     return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"{HTML_START}"
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{title}</title><style>{CSS}</style></head>\n"
         f"<body>{header}<main>{body}</main></body></html>\n"
