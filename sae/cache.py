@@ -128,6 +128,56 @@ class ShardInfo:
     n_tokens: int
 
 
+def _tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor in a safetensors file, from its header alone."""
+    with safe_open(str(path), framework="pt") as handle:
+        names = list(handle.keys())  # a safetensors handle is not a dict
+        return {name: tuple(handle.get_slice(name).get_shape()) for name in names}
+
+
+def shard_shape(manifest: dict[str, Any], index: int) -> tuple[int, int, int]:
+    """(C, T-1, d): the activations shard `index` must hold, by the manifest."""
+    per_shard, n_contexts = int(manifest["shard_contexts"]), int(manifest["n_contexts"])
+    contexts = min(per_shard, n_contexts - index * per_shard)
+    return contexts, int(manifest["context_length"]) - 1, int(manifest["d_model"])
+
+
+def shard_problems(root: Path, manifest: dict[str, Any]) -> dict[int, str]:
+    """What is wrong with each shard the manifest lists, by index: "missing", "truncated or
+    unreadable (...)" or "of shape ..., not ..."; shards that are fine are left out. Reads
+    headers only, so it costs milliseconds however large the shards are."""
+    problems: dict[int, str] = {}
+    for index in range(int(manifest["n_shards"])):
+        path = shard_path(root, index)
+        if not path.is_file():
+            problems[index] = "missing"
+            continue
+        try:
+            shapes = _tensor_shapes(path)
+        except (SafetensorError, OSError) as exc:
+            problems[index] = f"truncated or unreadable ({exc})"
+            continue
+        expected = shard_shape(manifest, index)
+        found = shapes.get("activations")
+        if found != expected or shapes.get("norms", expected[:2]) != expected[:2]:
+            problems[index] = f"of shape {found}, not {expected}"
+    return problems
+
+
+def describe_shard_problems(problems: dict[int, str]) -> str:
+    """'acts-00002.safetensors missing, ...' for a log line."""
+    return ", ".join(f"{shard_path(Path(), i).name} {problem}" for i, problem in problems.items())
+
+
+def load_token_ids(root: Path, *, mmap: bool = True) -> np.ndarray:
+    """(N, T) int32 token ids of every context; a damaged file is named, not a numpy error."""
+    path = root / TOKENS
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None)
+    except (OSError, ValueError, EOFError) as exc:
+        raise AtlasError(f"{path}: truncated or unreadable token ids ({exc})") from None
+
+
 def read_shard_info(path: Path, index: int) -> ShardInfo:
     try:
         with safe_open(str(path), framework="pt") as handle:
@@ -161,6 +211,38 @@ class ActivationCache:
                 "--out to complete it"
             )
         self.manifest = manifest
+        if manifest.get("complete"):
+            self.verify()
+
+    def verify(self) -> None:
+        """The files agree with the manifest: token ids of every context, every shard there
+        with the stated shape. Headers only; the activations themselves are not read."""
+        manifest_path = self.root / MANIFEST
+        tokens = self.token_ids()
+        if tokens.shape != (self.n_contexts, self.context_length):
+            raise AtlasError(
+                f"{self.root / TOKENS}: holds {tokens.shape} token ids, but {manifest_path} says "
+                f"{self.n_contexts} contexts of {self.context_length} tokens"
+            )
+        first = shard_path(self.root, 0)
+        try:
+            shape = _tensor_shapes(first).get("activations")
+        except (SafetensorError, OSError):
+            shape = None  # named below with the other damaged shards
+        width = shape[-1] if shape else self.d_model
+        if width != self.d_model:
+            raise AtlasError(
+                f"{manifest_path}: d_model {self.d_model}, but {first} holds {width}-wide "
+                "activations; the manifest does not describe these shards"
+            )
+        problems = shard_problems(self.root, manifest=self.manifest)
+        if problems:
+            index, problem = next(iter(problems.items()))
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise AtlasError(
+                f"activation shard {shard_path(self.root, index)} is {problem}{more}; rerun "
+                f"`sae harvest` with the same settings and --out {self.root} to recompute it"
+            )
 
     @property
     def layer(self) -> int:
@@ -184,10 +266,14 @@ class ActivationCache:
 
     def token_ids(self) -> np.ndarray:
         """(N, T) int32 token ids of every context, memory-mapped."""
-        return np.load(self.root / TOKENS, mmap_mode="r")
+        return load_token_ids(self.root)
 
     def contexts(self) -> pa.Table:
-        return pq.read_table(self.root / CONTEXTS)
+        path = self.root / CONTEXTS
+        try:
+            return pq.read_table(path)
+        except (OSError, pa.ArrowException) as exc:
+            raise AtlasError(f"{path}: truncated or unreadable ({exc})") from None
 
     def shard(self, index: int) -> tuple[int, torch.Tensor]:
         """(first context id, activations (C, T-1, d)) of one shard."""

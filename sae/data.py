@@ -147,17 +147,23 @@ def batches_from_groups(
     """
     skip, carry, epoch = start_token, None, first_epoch
     while True:
+        epoch_tokens = 0
         for group in sources(epoch):
             if group.n_tokens is not None and skip >= group.n_tokens:
                 skip -= group.n_tokens  # resuming: consumed before, not even loaded
+                epoch_tokens += group.n_tokens
                 continue
             tokens = group.load()
+            epoch_tokens += len(tokens)
             if skip >= len(tokens):
                 skip -= len(tokens)
                 continue
             tokens = tokens[skip:] if carry is None else torch.cat([carry, tokens[skip:]])
             skip = 0
             n_full = len(tokens) // batch_size * batch_size
-            yield from tokens[:n_full].split(batch_size)
+            if n_full:  # a group smaller than a batch waits for the next (split(0 rows) = [empty])
+                yield from tokens[:n_full].split(batch_size)
             carry = tokens[n_full:] if n_full < len(tokens) else None
+        if epoch_tokens == 0:  # waiting for a full batch would never end
+            raise AtlasError("no activations to train on: a whole epoch of the data is empty")
         epoch += 1

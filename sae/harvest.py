@@ -8,7 +8,6 @@ by a background thread while the next shard is computed, so disk I/O hides behin
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,6 +21,7 @@ from tqdm import tqdm
 
 import sae
 from sae import cache
+from sae.config import check_field_types
 from sae.contexts import Contexts, build_contexts, contexts_needed
 from sae.corpus import open_corpus
 from sae.errors import AtlasError
@@ -33,6 +33,7 @@ from sae.lm import (
     load_lm,
     residual_stream,
 )
+from sae.outputs import check_output_folder
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ class HarvestConfig:
     )
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         for name in ("tokens", "batch_size", "shard_contexts"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -111,6 +113,8 @@ def harvest(cfg: HarvestConfig, *, progress: bool = True) -> dict[str, Any]:
     config = load_config(cfg.model)
     check_layer(config, cfg.layer, name=cfg.model)
     corpus = open_corpus(cfg.corpus)
+    token_ids = None  # of the cache to resume, when there is one
+    damaged: dict[int, str] = {}  # shards of a complete cache that are missing or broken
     if existing is not None and existing["settings"] != cfg.settings():
         if not cfg.overwrite:
             raise AtlasError(
@@ -118,14 +122,25 @@ def harvest(cfg: HarvestConfig, *, progress: bool = True) -> dict[str, Any]:
                 f"({_differences(existing['settings'], cfg.settings())}); "
                 "choose another --out or pass --overwrite"
             )
-    elif existing is not None and existing.get("complete"):
-        log.info("%s is already complete", out)
-        return existing
+    elif existing is not None:
+        token_ids = _token_ids(out, existing, overwrite=cfg.overwrite)
+        if existing.get("complete") and token_ids is not None:
+            damaged = cache.shard_problems(out, existing)
+            if not damaged:
+                log.info("%s is already complete", out)
+                return existing
+            log.warning(
+                "%s is marked complete, but %s; recomputing",
+                out,
+                cache.describe_shard_problems(damaged),
+            )
     lm = load_lm(cfg.model, dtype=cfg.model_dtype, device=cfg.device)
-    resuming = existing is not None and existing["settings"] == cfg.settings()
-    if resuming:
-        token_ids = np.load(out / cache.TOKENS)
+    resuming = token_ids is not None
+    if existing is not None and token_ids is not None:
         manifest = existing
+        if damaged:  # not complete until the damaged shards are back
+            manifest = {**existing, "complete": False}
+            cache.write_json(out / cache.MANIFEST, manifest)
     else:
         contexts = build_contexts(
             corpus.documents(),
@@ -147,31 +162,38 @@ def harvest(cfg: HarvestConfig, *, progress: bool = True) -> dict[str, Any]:
     assert manifest is not None
     started = time.perf_counter()
     _run_shards(out, cfg, lm=lm, token_ids=token_ids, manifest=manifest, progress=progress)
-    return _finish(out, manifest, seconds=time.perf_counter() - started)
+    finished = _finish(out, manifest, seconds=time.perf_counter() - started)
+    if damaged and resuming:
+        log.info(
+            "%s: recomputed %d shard%s (%s); the cache is complete",
+            out,
+            len(damaged),
+            "s" if len(damaged) > 1 else "",
+            ", ".join(cache.shard_path(out, i).name for i in damaged),
+        )
+    return finished
 
 
 def _check_output(out: Path) -> dict[str, Any] | None:
     """Refuse an output we cannot or must not write; return the manifest already there."""
-    if out.exists():
-        if not out.is_dir():
-            raise AtlasError(f"--out {out} exists and is not a folder")
-        existing = cache.read_manifest(out)
-        if existing is None and any(out.iterdir()):
-            raise AtlasError(
-                f"--out {out} is a non-empty folder that is not an activation "
-                "cache; refusing to write into it"
-            )
-        if not os.access(out, os.W_OK):
-            raise AtlasError(f"--out {out} is not writable")
-        return existing
-    parent = out.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise AtlasError(f"cannot create --out {out}: {parent} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise AtlasError(f"cannot create --out {out}: {parent} is not writable")
-    return None
+    check_output_folder(
+        out,
+        kind="an activation cache",
+        is_ours=lambda folder: cache.read_manifest(folder) is not None or _killed_at_start(folder),
+    )
+    return cache.read_manifest(out) if out.is_dir() else None
+
+
+def _killed_at_start(out: Path) -> bool:
+    """Whether `out` holds only what `_start` writes before the first manifest: a harvest killed
+    then. Those files (and their temporaries) are ours to write again, not a user's to keep."""
+    ours = (cache.MANIFEST, cache.TOKENS, cache.CONTEXTS)
+    for entry in out.iterdir():
+        if entry.name == cache.SHARDS and entry.is_dir() and not any(entry.iterdir()):
+            continue
+        if not (entry.is_file() and entry.name.lstrip(".").startswith(ours)):
+            return False
+    return True
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
@@ -235,9 +257,40 @@ def _start(
     return manifest
 
 
-def _missing_shards(out: Path, n_shards: int) -> list[int]:
-    """Shards not yet on disk. A shard that exists was renamed into place whole."""
-    return [i for i in range(n_shards) if not cache.shard_path(out, i).is_file()]
+def _token_ids(out: Path, manifest: dict[str, Any], *, overwrite: bool) -> np.ndarray | None:
+    """The token ids (N, T) a resumed harvest computes its shards from, memory-mapped; None
+    when they are damaged and --overwrite allows starting again. They cannot be recomputed:
+    the corpus may have changed since."""
+    try:
+        token_ids = cache.load_token_ids(out)
+        expected = (int(manifest["n_contexts"]), int(manifest["context_length"]))
+        if token_ids.shape != expected:
+            raise AtlasError(
+                f"{out / cache.TOKENS}: holds {token_ids.shape} token ids, expected {expected}"
+            )
+    except AtlasError as exc:
+        if overwrite:
+            log.warning("%s; harvesting the cache again (--overwrite)", exc)
+            return None
+        raise AtlasError(
+            f"{exc}; the cache cannot be completed without them: pass --overwrite to harvest "
+            "it again"
+        ) from None
+    return token_ids
+
+
+def _missing_shards(out: Path, manifest: dict[str, Any]) -> list[int]:
+    """Shards not yet on disk, or damaged since. A shard that exists was renamed into place
+    whole, so only a damaged file (truncated, wrong shape) is recomputed besides the missing."""
+    return sorted(cache.shard_problems(out, manifest))
+
+
+def _remove_temporaries(shards: Path) -> None:
+    """What a harvest killed while writing a shard left in the shards folder (ours alone):
+    our `.acts-N.safetensors.tmp`, and the `.tmpXXXXXX` that safetensors itself writes first."""
+    for stray in shards.glob(".*"):
+        if stray.is_file():
+            stray.unlink(missing_ok=True)
 
 
 def _run_shards(
@@ -249,8 +302,9 @@ def _run_shards(
     manifest: dict[str, Any],
     progress: bool,
 ) -> None:
+    _remove_temporaries(out / cache.SHARDS)
     per_shard = int(manifest["shard_contexts"])
-    todo = _missing_shards(out, int(manifest["n_shards"]))
+    todo = _missing_shards(out, manifest)
     positions = cfg.context_length - 1
     total = len(token_ids) * positions
     remaining = sum(min(per_shard, len(token_ids) - i * per_shard) for i in todo) * positions
@@ -267,7 +321,7 @@ def _run_shards(
     pending: Future[None] | None = None
     with ThreadPoolExecutor(max_workers=1) as writer:
         for index in todo:
-            rows = np.asarray(token_ids[index * per_shard : (index + 1) * per_shard])
+            rows = np.array(token_ids[index * per_shard : (index + 1) * per_shard])  # a copy
             ids = torch.from_numpy(rows).long()  # (C, T)
             acts = _shard_activations(lm, ids, cfg, bar)  # (C, T-1, d)
             valid = ~torch.isin(ids[:, 1:], excluded)  # (C, T-1)

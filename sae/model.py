@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 import sae as sae_package
 from sae.config import SaeConfig
+from sae.errors import AtlasError
 from sae.kernels import (
     EncoderOutput,
     sparse_decode,
@@ -111,6 +112,13 @@ class SparseAutoencoder(nn.Module):
         - W_enc is scaled so that reconstructing a random unit input gives norm about 1.
         """
         sample = sample.to(self.W_enc.device, torch.float32)
+        if sample.ndim != 2 or len(sample) == 0 or not bool(torch.isfinite(sample).all()):
+            # an empty or NaN sample would make every weight NaN, silently
+            raise AtlasError(
+                f"the initialisation needs finite activations (N, {self.cfg.d_in}) with N > 0; "
+                f"got shape {tuple(sample.shape)}"
+                + ("" if sample.numel() == 0 else f", {int((~sample.isfinite()).sum())} non-finite")
+            )
         if self.cfg.normalize == "scale":
             mean_norm = float(sample.norm(dim=-1).mean())
             self.cfg.input_scale = 1.0 / mean_norm if mean_norm > 0 else 1.0
@@ -279,15 +287,29 @@ class SparseAutoencoder(nn.Module):
     def save(self, path: str | Path) -> None:
         """Write `cfg.json` and `sae.safetensors` into the folder `path`."""
         folder = Path(path)
+        tensors = {name: p.detach().contiguous().cpu() for name, p in self.named_parameters()}
+        check_finite(tensors, prefix=f"refusing to save {folder}")
         folder.mkdir(parents=True, exist_ok=True)
         self.cfg.library_version = sae_package.__version__
-        tensors = {name: p.detach().contiguous().cpu() for name, p in self.named_parameters()}
         save_file(tensors, str(folder / WEIGHTS), metadata={"format": "latent-atlas-sae"})
         (folder / CONFIG).write_text(json.dumps(self.cfg.to_dict(), indent=2) + "\n")
 
     @property
     def device(self) -> torch.device:
         return self.W_enc.device
+
+
+def check_finite(tensors: dict[str, Tensor], *, prefix: str) -> None:
+    """Refuse to save NaN or Inf: a file of them loads nowhere and hides what went wrong.
+    Every writer of SAE weights (ours, SAELens, training checkpoints) calls this first;
+    `prefix` starts the message ("refusing to save FOLDER")."""
+    for name, tensor in tensors.items():
+        bad = int((~torch.isfinite(tensor.detach())).sum())
+        if bad:
+            raise AtlasError(
+                f"{prefix}: tensor {name!r} holds {bad} NaN or Inf value"
+                f"{'s' if bad > 1 else ''} (of {tensor.numel()})"
+            )
 
 
 def _variance(x: Tensor) -> Tensor:

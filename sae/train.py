@@ -13,10 +13,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +24,24 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import sae as sae_package
-from sae.cache import ActivationCache
-from sae.config import Activation, Normalize, SaeConfig
+from sae.cache import STORAGE_DTYPES, ActivationCache
+from sae.config import Activation, Normalize, SaeConfig, check_field_types
 from sae.data import ShuffledTokens
 from sae.errors import AtlasError
-from sae.model import ForwardOutput, SparseAutoencoder, default_learning_rate
+from sae.memory import check_training_fits, training_memory
+from sae.model import ForwardOutput, SparseAutoencoder, check_finite, default_learning_rate
+from sae.outputs import check_not_inside, check_output_folder
+from sae.run_folder import (
+    METRICS,
+    is_training_run,
+    keep_metrics_until,
+    last_checkpoint,
+    remove_unfinished,
+    save_checkpoint,
+)
 from sae.stream import StreamedTokens
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT = "checkpoint"
-METRICS = "metrics.jsonl"
 
 
 @dataclass
@@ -99,6 +105,7 @@ class TrainConfig:
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         for name in ("latents", "k", "batch_size", "checkpoint_every"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -138,6 +145,7 @@ class DataSource:
     median_norm: Callable[[], float]
     provenance: dict[str, str]
     tokens_per_epoch: int  # 0 when unknown (streaming)
+    value_bytes: int = 4  # bytes per stored activation value (the cache's dtype)
 
 
 def open_data(cfg: TrainConfig) -> DataSource:
@@ -159,6 +167,7 @@ def open_data(cfg: TrainConfig) -> DataSource:
             cache.median_norm,
             {key: str(manifest.get(key, "")) for key in ("model", "hook", "corpus")},
             shuffled.tokens_per_epoch,
+            STORAGE_DTYPES.get(str(manifest.get("dtype")), torch.float32).itemsize,
         )
     from sae.contexts import build_contexts, contexts_needed
     from sae.corpus import open_corpus
@@ -204,10 +213,54 @@ def train(cfg: TrainConfig) -> SparseAutoencoder:
     rank, world = _distributed()
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} must divide by the {world} processes")
+    check_out(cfg)  # before any data is read or model loaded
     data = open_data(cfg)
+    batch_size = fit_batch_size(
+        cfg.batch_size, data.tokens_per_epoch, world=world, source=f"the cache {cfg.acts}"
+    )
+    if batch_size != cfg.batch_size:
+        if rank == 0:
+            log.info(
+                "the cache holds %d tokens, fewer than one batch (%d): batches of %d",
+                data.tokens_per_epoch,
+                cfg.batch_size,
+                batch_size,
+            )
+        cfg = replace(cfg, batch_size=batch_size)
+        data.batches.batch_size = batch_size
+    check_memory(cfg, data, world=world)  # before anything is created
+    out = Path(cfg.out)
+    created = not out.exists()
+    try:
+        return _run(cfg, data, out=out, rank=rank, world=world)
+    except BaseException:
+        if rank == 0 and created:
+            remove_unfinished(out)
+        raise
+
+
+def check_out(cfg: TrainConfig) -> None:
+    """Refuse an `--out` this run must not write into. A folder of a run of ours (a killed one
+    without a checkpoint) starts over with --resume; any other non-empty folder is the user's,
+    with or without --resume."""
+    out = Path(cfg.out)
+    check_not_inside(out, ("the activation cache", cfg.acts))
+    if cfg.resume and last_checkpoint(out) is not None:
+        return
+    ours = check_output_folder(out, kind="a training run", is_ours=is_training_run)
+    if ours and not cfg.resume:
+        raise AtlasError(
+            f"--out {out} is not empty; pass --resume to continue the run there "
+            "or choose another folder"
+        )
+
+
+def _run(
+    cfg: TrainConfig, data: DataSource, *, out: Path, rank: int, world: int
+) -> SparseAutoencoder:
+    """Set up (or resume), run the steps with their checkpoints, save the SAE."""
     total_tokens = cfg.tokens or data.tokens_per_epoch
     n_steps = max(total_tokens // cfg.batch_size, 1)
-    out = Path(cfg.out)
     sae, optimizer, state = _setup(cfg, data, out=out, n_steps=n_steps, rank=rank)
     data.batches.load_state(state.data_state)
     batches = data.batches.batches(start_token=state.tokens_seen)
@@ -220,6 +273,8 @@ def train(cfg: TrainConfig) -> SparseAutoencoder:
         + (f"relu l1={cfg.l1_coef:g}" if cfg.activation == "relu" else f"k={cfg.k}"),
     )
     started, tokens_at_start = time.perf_counter(), state.tokens_seen
+    if rank == 0:
+        keep_metrics_until(out / METRICS, state.step)
     metrics_file = (out / METRICS).open("a") if rank == 0 else None
     try:
         while state.step < n_steps:
@@ -244,7 +299,16 @@ def train(cfg: TrainConfig) -> SparseAutoencoder:
                 dead=f"{record['dead_fraction']:.1%}",
                 tok_s=f"{record['tokens_per_s']:.0f}",
             )
-            if rank == 0 and (state.step % cfg.checkpoint_every == 0 or state.step == n_steps):
+            checkpoint_due = state.step % cfg.checkpoint_every == 0 or state.step == n_steps
+            if checkpoint_due:
+                # the save's own check, with the step named; on every rank (the weights are the
+                # same on all), so that all stop together
+                check_finite(
+                    dict(sae.named_parameters()),
+                    prefix=f"step {state.step}: the update left non-finite weights, not saved "
+                    "(try a lower --lr)",
+                )
+            if checkpoint_due and rank == 0:
                 metrics_file.flush()  # type: ignore[union-attr]
                 state.data_state = data.batches.state()
                 save_checkpoint(out, sae, optimizer, state)
@@ -257,6 +321,44 @@ def train(cfg: TrainConfig) -> SparseAutoencoder:
     return sae
 
 
+MIN_TOKENS_PER_PROCESS = 2  # a batch's variance, the FVU's denominator, needs two tokens
+
+
+def fit_batch_size(batch_size: int, tokens_per_epoch: int, *, world: int, source: str) -> int:
+    """The batch to train with: `batch_size`, or all of a smaller cache (0: size unknown),
+    rounded down so that it still divides by the `world` processes."""
+    if tokens_per_epoch == 0 or tokens_per_epoch >= batch_size:
+        return batch_size
+    least = MIN_TOKENS_PER_PROCESS * world
+    if tokens_per_epoch < least:
+        plural = "s" if tokens_per_epoch != 1 else ""
+        raise AtlasError(
+            f"{source} holds {tokens_per_epoch} token{plural} to train on, too few for a batch "
+            f"(--batch-size {batch_size}): training needs at least {least} "
+            f"({MIN_TOKENS_PER_PROCESS} per process); harvest more --tokens"
+        )
+    return tokens_per_epoch // world * world
+
+
+def check_memory(cfg: TrainConfig, data: DataSource, *, world: int) -> None:
+    """Refuse a run that cannot fit in memory, naming the estimate and what is available."""
+    group = min(cfg.shuffle_tokens, data.tokens_per_epoch or cfg.shuffle_tokens)
+    need = training_memory(
+        n_latents=cfg.latents,
+        d_model=data.d_model,
+        batch_size=cfg.batch_size // world,
+        group_tokens=group + cfg.batch_size,  # a group, and what the last one left over
+        dense_codes=cfg.activation == "relu",
+        value_bytes=data.value_bytes,
+    )
+    check_training_fits(
+        need,
+        device=cfg.device,
+        processes_here=int(os.environ.get("LOCAL_WORLD_SIZE", "1")),  # set by torchrun
+        settings=f"--latents {cfg.latents} --batch-size {cfg.batch_size}",
+    )
+
+
 def _setup(
     cfg: TrainConfig,
     data: DataSource,
@@ -265,16 +367,11 @@ def _setup(
     n_steps: int,
     rank: int,
 ) -> tuple[SparseAutoencoder, torch.optim.Optimizer, TrainState]:
-    checkpoint = out / CHECKPOINT
-    if cfg.resume and (checkpoint / "state.pt").is_file():
+    checkpoint = last_checkpoint(out) if cfg.resume else None
+    if checkpoint is not None:
         sae, optimizer, state = load_checkpoint(checkpoint, cfg)
         log.info("resuming %s at step %d", out, state.step)
         return sae, optimizer, state
-    if out.exists() and any(out.iterdir()) and not cfg.resume:
-        raise AtlasError(
-            f"--out {out} is not empty; pass --resume to continue the run there "
-            "or choose another folder"
-        )
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     d = data.d_model
@@ -302,8 +399,14 @@ def _setup(
     sample = next(data.batches.batches(start_token=0)).float()  # (B, d): the same on all ranks
     sae.init_from_data(sample, seed=cfg.seed)
     normalised, _ = sae.normalize(sample.to(cfg.device))
+    variance = float((normalised - normalised.mean(0)).pow(2).sum(-1).mean())
+    if not variance > 0:  # also NaN: the FVU of every step would be x / 0
+        raise AtlasError(
+            f"the first batch of {cfg.acts or cfg.corpus} has no variance ({variance:g}): "
+            f"its {len(sample)} activations are all the same, so there is nothing to learn"
+        )
     state = TrainState(
-        fvu_denominator=float((normalised - normalised.mean(0)).pow(2).sum(-1).mean()),
+        fvu_denominator=variance,
         tokens_since_fired=torch.zeros(cfg.latents, dtype=torch.long),
     )
     lr = cfg.lr or default_learning_rate(cfg.latents)
@@ -345,6 +448,7 @@ def _step(
     loss = output.fvu + sae.cfg.auxk_coef * output.auxk_loss + output.multi_topk_fvu / 8
     if cfg.l1_coef:
         loss = loss + cfg.l1_coef * output.l1
+    _check_finite_loss(loss, output, step=state.step + 1, world=world)
     loss.backward()
     fired = torch.zeros(sae.cfg.n_latents, dtype=torch.long, device=batch.device)
     fired.index_add_(
@@ -363,6 +467,22 @@ def _step(
     state.tokens_since_fired += cfg.batch_size
     state.tokens_since_fired[fired.cpu() > 0] = 0
     return output
+
+
+def _check_finite_loss(loss: torch.Tensor, output: ForwardOutput, *, step: int, world: int) -> None:
+    """Stop at the first NaN or Inf loss: the step would make every weight NaN. Every rank
+    sees the sum of all ranks' losses, so all stop together (none waits in an all-reduce)."""
+    total = loss.detach().reshape(1).clone()
+    if world > 1:
+        dist.all_reduce(total)
+    if bool(torch.isfinite(total).all()):
+        return
+    terms = f"nmse {float(output.fvu.detach()):g}, auxk {float(output.auxk_loss.detach()):g}"
+    raise AtlasError(
+        f"step {step}: the training loss is {float(total) / world:g} ({terms}); stopped before "
+        "the weights turn non-finite, nothing saved past the last checkpoint; try a lower "
+        "--lr, or check --acts for NaN or Inf activations"
+    )
 
 
 def _metrics(
@@ -388,47 +508,6 @@ def _metrics(
         "lr": lr,
         "tokens_per_s": (state.tokens_seen - tokens_at_start) / elapsed,
     }
-
-
-def read_metrics(folder: Path) -> list[dict[str, Any]]:
-    """Every step's record in `folder/metrics.jsonl` (none when absent); a line cut short by a
-    killed run is skipped."""
-    path = folder / METRICS
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
-
-
-# --- checkpoints -----------------------------------------------------------------------------
-
-
-def save_checkpoint(
-    out: Path, sae: SparseAutoencoder, optimizer: torch.optim.Optimizer, state: TrainState
-) -> None:
-    """Write the checkpoint folder atomically: a killed save leaves the previous one intact."""
-    tmp = out / f".{CHECKPOINT}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    sae.save(tmp)
-    torch.save(
-        {
-            "optimizer": optimizer.state_dict(),
-            "state": state.__dict__,
-            "rng": torch.get_rng_state(),
-        },
-        tmp / "state.pt",
-    )
-    final = out / CHECKPOINT
-    old = out / f".{CHECKPOINT}.old"
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_checkpoint(

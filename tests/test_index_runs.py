@@ -11,13 +11,14 @@ from typing import Any
 import duckdb
 import pytest
 
-from indexer import accumulate, schema, store
+from indexer import accumulate, store
 from indexer.build import build
 from indexer.cli import main
 from indexer.config import BuildConfig
 from sae.config import SaeConfig
 from sae.errors import AtlasError
 from sae.model import SparseAutoencoder
+from tests.helpers import index_rows
 
 SMALL = ["--top-examples=5", "--quantile-bands=4", "--examples-per-band=2", "--batch-tokens=100"]
 VOLATILE = {"created_at", "seconds", "settings"}  # when, how long, and where it was written
@@ -29,20 +30,8 @@ def config(tiny_sae: Path, tiny_cache: Path, out: Path, **kw: Any) -> BuildConfi
     return BuildConfig(sae=str(tiny_sae), acts=str(tiny_cache), out=str(out), **settings)
 
 
-def contents(index: Path) -> dict[str, list[tuple[Any, ...]]]:
-    """Every table's rows in a canonical order, the build row without what must differ."""
-    tables: dict[str, list[tuple[Any, ...]]] = {}
-    with duckdb.connect(str(index), read_only=True) as connection:
-        for name, table in schema.metadata.tables.items():
-            columns = [c.name for c in table.columns if c.name not in VOLATILE]
-            listed = ", ".join(f'"{c}"' for c in columns)
-            rows = connection.execute(f"SELECT {listed} FROM {name} ORDER BY ALL").fetchall()
-            tables[name] = rows
-    return tables
-
-
 def assert_same_index(a: Path, b: Path, *, float_rel: float = 0.0) -> None:
-    left, right = contents(a), contents(b)
+    left, right = index_rows(a, leave_out=VOLATILE), index_rows(b, leave_out=VOLATILE)
     assert left.keys() == right.keys()
     for name in left:
         assert len(left[name]) == len(right[name]), name
