@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
 
-    from sae.cli import quiet_transformers
+    from sae.lm import quiet_transformers
 
     quiet_transformers()
     lm = load_lm(args.model)

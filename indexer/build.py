@@ -30,8 +30,8 @@ from indexer.encode import encode_chunk
 from indexer.finalize import assemble
 from indexer.sources import ActivationSource, CacheSource, StreamSource
 from indexer.store import write_index
+from sae.distributed import rank_and_world
 from sae.errors import AtlasError
-from sae.evaluate import sink_limit
 from sae.formats import detect
 from sae.lm import LanguageModel, check_layer, load_config, load_lm
 from sae.model import SparseAutoencoder
@@ -66,14 +66,6 @@ class BuildSummary:
         ]
 
 
-def _rank_and_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def build(cfg: BuildConfig, *, progress: bool = True) -> BuildSummary | None:
     """Build the index at `cfg.out`. Returns the summary on rank 0, None on other ranks."""
     started = time.perf_counter()
@@ -84,7 +76,7 @@ def build(cfg: BuildConfig, *, progress: bool = True) -> BuildSummary | None:
     source, lm = _open_source(cfg, model)
     check_not_inside(out, ("the activation cache", cfg.acts))  # once --acts is known a cache
     limit = _sink_limit(cfg, model, source)
-    rank, world = _rank_and_world()
+    rank, world = rank_and_world()
     positions = source.token_ids.shape[1] - 1
     fraction = min(1.0, cfg.token_sample / max(1, len(source.token_ids) * positions))
     acc = Accumulators.create(
@@ -204,7 +196,7 @@ def _open_source(
 
 def _sink_limit(cfg: BuildConfig, model: SparseAutoencoder, source: ActivationSource) -> float:
     """The SAE's own sink limit when it records one, else a multiple of the data's median."""
-    limit = sink_limit(model)
+    limit = model.cfg.sink_limit
     if math.isfinite(limit) or cfg.max_norm_ratio == 0:
         return limit
     return cfg.max_norm_ratio * source.median_norm()

@@ -35,12 +35,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from indexer.build import build
     from indexer.config import BuildConfig
-    from sae.cli import distributed, quiet_transformers
+    from sae.distributed import process_group
+    from sae.lm import quiet_transformers
 
     quiet_transformers()
     try:
         cfg = config_from_arguments(BuildConfig, args)
-        with distributed():
+        with process_group():
             summary = build(cfg, progress=not args.quiet)
     except (AtlasError, ValueError) as exc:
         print(f"indexer {args.command}: error: {exc}", file=sys.stderr)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from sae.version import VERSION
+
+__version__ = VERSION
+
 if TYPE_CHECKING:
     from sae.model import SparseAutoencoder
-
-__version__ = "0.1.0"
 
 
 def load(path: str, *, device: str = "cpu") -> SparseAutoencoder:

@@ -44,20 +44,6 @@ def shard_path(root: Path, index: int) -> Path:
     return root / SHARDS / f"acts-{index:05d}.safetensors"
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write bytes to `path` so that readers see the old file or the whole new one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, value: dict[str, Any]) -> None:
-    write_atomic(path, (json.dumps(value, indent=2) + "\n").encode())
-
-
 def read_manifest(root: Path) -> dict[str, Any] | None:
     """The manifest of the cache at `root`, or None when `root` holds no cache."""
     path = root / MANIFEST

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
-import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import sae
 from sae.cli_args import add_config_arguments, config_from_arguments
+from sae.distributed import is_main_process, process_group
 from sae.errors import AtlasError
 from sae.harvest import HarvestConfig, harvest
+from sae.lm import quiet_transformers
 
 
 def run_harvest(args: argparse.Namespace) -> None:
@@ -29,7 +29,7 @@ def run_train(args: argparse.Namespace) -> None:
     from sae.train import TrainConfig, train
 
     cfg = config_from_arguments(TrainConfig, args)
-    with distributed():
+    with process_group():
         model = train(cfg)
     if is_main_process():
         print(
@@ -113,30 +113,6 @@ def run_convert(args: argparse.Namespace) -> None:
     )
 
 
-@contextlib.contextmanager
-def distributed() -> Iterator[None]:
-    """Join the torchrun process group when launched by torchrun (gloo on CPU, NCCL on GPU)."""
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        yield
-        return
-    import torch
-
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    try:
-        yield
-        # Leave together: a rank that tears the group down while another still saves or
-        # communicates makes gloo abort ("terminate called without an active exception").
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def run_fetch(args: argparse.Namespace) -> None:
     """Prepare the offline defaults: convert the default model, fetch the default corpus."""
     from sae.corpus import open_corpus
@@ -146,14 +122,6 @@ def run_fetch(args: argparse.Namespace) -> None:
         print(f"model {args.model}: {resolve_model(args.model)}")
     if args.corpus:
         print(f"corpus {args.corpus}: {open_corpus(args.corpus).location}")
-
-
-def quiet_transformers() -> None:
-    """Our own progress bars and messages are enough: silence transformers' loading chatter."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
 
 
 def build_parser() -> argparse.ArgumentParser:

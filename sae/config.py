@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -80,6 +81,14 @@ class SaeConfig:
             raise ValueError(f"normalize must be none, scale or layer_norm, got {self.normalize!r}")
         if not self.input_scale > 0:
             raise ValueError(f"input_scale must be positive, got {self.input_scale}")
+
+    @property
+    def sink_limit(self) -> float:
+        """Norm above which a token counts as an attention sink for this SAE (inf: none): the
+        tokens training left out, which evaluation, indexing and live text leave alone too."""
+        if self.max_norm_ratio > 0 and self.median_norm > 0:
+            return self.max_norm_ratio * self.median_norm
+        return math.inf
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

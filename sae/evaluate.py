@@ -19,7 +19,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,11 +28,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sae.cache import ActivationCache, write_json
+from sae.cache import ActivationCache
 from sae.config import check_field_types
 from sae.contexts import build_contexts
 from sae.corpus import open_corpus
 from sae.errors import AtlasError
+from sae.files import write_json
 from sae.lm import LanguageModel, load_lm, logits_with, next_token_loss_of, vocab_size, vocabulary
 from sae.model import SparseAutoencoder
 from sae.quality import (
@@ -165,13 +165,6 @@ def _recorder(store: list[Tensor]) -> Callable[[Tensor], Tensor]:
     return record
 
 
-def sink_limit(model: SparseAutoencoder) -> float:
-    """Norm above which a token counts as an attention sink for this SAE (inf: none)."""
-    if model.cfg.max_norm_ratio > 0 and model.cfg.median_norm > 0:
-        return model.cfg.max_norm_ratio * model.cfg.median_norm
-    return math.inf
-
-
 class CleanBatch(NamedTuple):
     """The model's own pass over one batch of held-out contexts; it does not depend on the SAE."""
 
@@ -213,7 +206,7 @@ def evaluate(
     instead of four.
     """
     layer, mean = cache.layer, mean_activation(cache).to(lm.device)
-    limit = sink_limit(model)
+    limit = model.cfg.sink_limit
     losses = {"clean": 0.0, "sae": 0.0, "zero": 0.0, "mean": 0.0}
     variants: dict[str, Callable[[Tensor], Tensor]] = {
         "sae": lambda h: model(h.flatten(0, 1).float()).sae_out.view_as(h),
@@ -310,7 +303,7 @@ class Evaluator:
             model = load(str(sae_path), device=self.device)
         model.eval()
         check_fits(model, self.cache, sae=str(sae_path), acts=self.acts)
-        limit = sink_limit(model)
+        limit = model.cfg.sink_limit
         if self.clean is None:
             self.clean = clean_pass(
                 self.lm, self.token_ids, layer=self.cache.layer, batch_size=self.batch_size

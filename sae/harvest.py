@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import sae
 from sae import cache
 from sae.config import check_field_types
 from sae.contexts import Contexts, build_contexts, contexts_needed
 from sae.corpus import open_corpus
 from sae.errors import AtlasError
+from sae.files import write_json
 from sae.lm import (
     LanguageModel,
     check_layer,
@@ -34,6 +34,7 @@ from sae.lm import (
     residual_stream,
 )
 from sae.outputs import check_output_folder
+from sae.version import VERSION
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ def harvest(cfg: HarvestConfig, *, progress: bool = True) -> dict[str, Any]:
         manifest = existing
         if damaged:  # not complete until the damaged shards are back
             manifest = {**existing, "complete": False}
-            cache.write_json(out / cache.MANIFEST, manifest)
+            write_json(out / cache.MANIFEST, manifest)
     else:
         contexts = build_contexts(
             corpus.documents(),
@@ -231,7 +232,7 @@ def _start(
     manifest: dict[str, Any] = {
         "format": "latent-atlas-activations",
         "format_version": cache.FORMAT_VERSION,
-        "library_version": sae.__version__,
+        "library_version": VERSION,
         "settings": cfg.settings(),
         "model": cfg.model,
         "model_source": lm.source,
@@ -253,7 +254,7 @@ def _start(
         "excluded_token_ids": special if cfg.exclude_special else [],
         "complete": False,
     }
-    cache.write_json(out / cache.MANIFEST, manifest)
+    write_json(out / cache.MANIFEST, manifest)
     return manifest
 
 
@@ -381,5 +382,5 @@ def _finish(out: Path, manifest: dict[str, Any], *, seconds: float) -> dict[str,
         "n_tokens_above_10x_median_norm": int((norms > 10 * median).sum()),
         "harvest_seconds_last_run": round(seconds, 2),
     }
-    cache.write_json(out / cache.MANIFEST, manifest)
+    write_json(out / cache.MANIFEST, manifest)
     return manifest

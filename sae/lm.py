@@ -309,3 +309,11 @@ def vocabulary(lm: LanguageModel, size: int) -> tuple[list[str], np.ndarray]:
     ids = [i for i in tokenizer.all_special_ids if 0 <= i < size]
     special[ids] = True
     return list(texts), special
+
+
+def quiet_transformers() -> None:
+    """Our own progress bars and messages are enough: silence transformers' loading chatter."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()

@@ -20,7 +20,6 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-import sae as sae_package
 from sae.config import SaeConfig
 from sae.errors import AtlasError
 from sae.kernels import (
@@ -30,6 +29,7 @@ from sae.kernels import (
     topk_encode_dead_pre,
     topk_encode_with_aux,
 )
+from sae.version import VERSION
 
 WEIGHTS = "sae.safetensors"
 CONFIG = "cfg.json"
@@ -290,7 +290,7 @@ class SparseAutoencoder(nn.Module):
         tensors = {name: p.detach().contiguous().cpu() for name, p in self.named_parameters()}
         check_finite(tensors, prefix=f"refusing to save {folder}")
         folder.mkdir(parents=True, exist_ok=True)
-        self.cfg.library_version = sae_package.__version__
+        self.cfg.library_version = VERSION
         save_file(tensors, str(folder / WEIGHTS), metadata={"format": "latent-atlas-sae"})
         (folder / CONFIG).write_text(json.dumps(self.cfg.to_dict(), indent=2) + "\n")
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from sae.cache import write_atomic
+from sae.files import write_atomic
 from sae.model import SparseAutoencoder
 
 CHECKPOINT = "checkpoint"

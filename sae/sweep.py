@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
-from sae.cache import write_json
 from sae.config import check_field_types
 from sae.errors import AtlasError
 from sae.evaluate import Evaluator, Quality
+from sae.files import write_json
 from sae.outputs import check_not_inside, check_output_folder
 from sae.run_folder import read_metrics
 from sae.scaling import fit_joint, fit_power_law

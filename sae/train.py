@@ -23,10 +23,10 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-import sae as sae_package
 from sae.cache import STORAGE_DTYPES, ActivationCache
 from sae.config import Activation, Normalize, SaeConfig, check_field_types
 from sae.data import ShuffledTokens
+from sae.distributed import rank_and_world
 from sae.errors import AtlasError
 from sae.memory import check_training_fits, training_memory
 from sae.model import ForwardOutput, SparseAutoencoder, check_finite, default_learning_rate
@@ -40,6 +40,7 @@ from sae.run_folder import (
     save_checkpoint,
 )
 from sae.stream import StreamedTokens
+from sae.version import VERSION
 
 log = logging.getLogger(__name__)
 
@@ -202,15 +203,9 @@ def open_data(cfg: TrainConfig) -> DataSource:
     )
 
 
-def _distributed() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def train(cfg: TrainConfig) -> SparseAutoencoder:
     """Train (or resume) an SAE; write it to `cfg.out`; return it."""
-    rank, world = _distributed()
+    rank, world = rank_and_world()
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} must divide by the {world} processes")
     check_out(cfg)  # before any data is read or model loaded
@@ -389,7 +384,7 @@ def _setup(
         hook=data.provenance["hook"],
         corpus=data.provenance["corpus"],
         n_tokens=n_steps * cfg.batch_size,
-        library_version=sae_package.__version__,
+        library_version=VERSION,
         max_norm_ratio=cfg.max_norm_ratio,
         median_norm=data.median_norm(),
     )

@@ -10,7 +10,6 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-import sae as sae_package
 from sae.config import Normalize, SaeConfig
 from sae.errors import AtlasError
 from sae.formats.common import (
@@ -29,6 +28,7 @@ from sae.formats.common import (
     read_tensors,
 )
 from sae.model import CONFIG, SparseAutoencoder, check_finite
+from sae.version import VERSION
 
 # ---------------------------------------------------------------------------------------------
 # SAELens: cfg.json + sae_weights.safetensors, W_enc stored (d_in, d_sae)
@@ -253,7 +253,7 @@ def saelens_config(cfg: SaeConfig, normalize: str) -> dict[str, Any]:
         "model_name": model,
         "hook_name": hook,
         "hook_head_index": None,
-        "latent_atlas_version": sae_package.__version__,
+        "latent_atlas_version": VERSION,
     }
     if cfg.corpus:
         metadata["dataset_path"] = cfg.corpus

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sae.cache import write_atomic, write_json
 from sae.config import check_field_types
 from sae.errors import AtlasError
+from sae.files import write_atomic, write_json
 from sae.findings import findings
 from sae.outputs import check_output_file, check_output_folder
 from sae.report.html import HTML_START, render_html
