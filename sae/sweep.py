@@ -30,12 +30,9 @@ from sae.evaluate import Evaluator, Quality
 from sae.files import write_json
 from sae.outputs import check_not_inside, check_output_folder
 from sae.run_folder import read_metrics
-from sae.scaling import fit_joint, fit_power_law
+from sae.sweep_results import FITS, RESULTS, SETTINGS, fits, read_results
 from sae.train import TrainConfig, train
 
-RESULTS = "results.jsonl"
-SETTINGS = "sweep.json"
-FITS = "fits.json"
 COLUMNS = (
     "name",
     "group",
@@ -228,26 +225,6 @@ class SweepConfig:
         return max(round(tokens / self.batch_size), 1) * self.batch_size
 
 
-def read_results(out: Path) -> list[dict[str, Any]]:
-    """The finished runs. A last line cut short (a sweep killed while recording) is left out,
-    so its run is done again; any other unreadable line is an error naming it."""
-    path = out / RESULTS
-    if not path.is_file():
-        return []
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    rows = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number == len(lines):
-                continue
-            raise AtlasError(
-                f"{path}, line {number}: not a JSON record; delete that line to run it again"
-            ) from None
-    return rows
-
-
 def sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
     """Train and evaluate every run not yet in results.jsonl; write the table and fits."""
     out = Path(cfg.out).expanduser()
@@ -354,32 +331,6 @@ def _write_table(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writeheader()
         writer.writerows(rows)
     tmp.replace(path)
-
-
-def fits(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """L(n) at every k with 3 or more n; the joint L(n, k) with 7 or more runs; else why not."""
-    result: dict[str, Any] = {"per_k": {}, "joint": None, "notes": []}
-    usable = [row for row in grid_rows(rows) if (row.get("nmse") or 0) > 0]
-    for k in sorted({row["k"] for row in usable}):
-        at_k = [row for row in usable if row["k"] == k]
-        if len(at_k) >= 3:
-            fit = fit_power_law([row["n"] for row in at_k], [row["nmse"] for row in at_k])
-            result["per_k"][str(k)] = fit.to_dict()
-        else:
-            result["notes"].append(f"k={k}: {len(at_k)} values of n, a power law needs 3")
-    if len(usable) >= 7:
-        joint = fit_joint(
-            [row["n"] for row in usable], [row["k"] for row in usable], [r["nmse"] for r in usable]
-        )
-        result["joint"] = joint.to_dict()
-    else:
-        result["notes"].append(f"{len(usable)} runs: the joint n-k law needs 7")
-    return result
-
-
-def grid_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The TopK n x k grid (rows of sweeps before groups existed count as grid)."""
-    return [row for row in rows if row.get("group", "grid") == "grid"]
 
 
 def summary_lines(rows: list[dict[str, Any]], fitted: dict[str, Any]) -> list[str]:

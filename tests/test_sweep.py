@@ -203,7 +203,7 @@ def test_workers_share_the_runs_and_record_each_once(tmp_path: Path, tiny_cache:
 
 def test_results_skip_a_cut_last_line_and_name_a_corrupt_one(tmp_path: Path) -> None:
     from sae.errors import AtlasError
-    from sae.sweep import read_results
+    from sae.sweep_results import read_results
 
     (tmp_path / "results.jsonl").write_text('{"name": "a"}\n{"name": "b"}\n{"name": "c", "nm')
     assert [row["name"] for row in read_results(tmp_path)] == ["a", "b"]

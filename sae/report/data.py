@@ -20,6 +20,7 @@ from sae.findings import findings
 from sae.outputs import check_output_file, check_output_folder
 from sae.report.html import HTML_START, render_html
 from sae.run_folder import read_metrics
+from sae.sweep_results import FITS, RESULTS, fits, read_results
 
 TRAINING_POINTS = 300  # training-curve points kept in a report
 
@@ -97,7 +98,7 @@ def _is_report_html(path: Path) -> bool:
 
 
 def build_report(folder: Path) -> dict[str, Any]:
-    if (folder / "results.jsonl").is_file():
+    if (folder / RESULTS).is_file():
         return sweep_report(folder)
     if (folder / "cfg.json").is_file():
         return sae_report(folder)
@@ -108,8 +109,6 @@ def build_report(folder: Path) -> dict[str, Any]:
 
 def sweep_report(folder: Path) -> dict[str, Any]:
     """Rows, fits and findings of a sweep, with what its SAEs were trained on."""
-    from sae.sweep import FITS, fits, read_results
-
     rows = read_results(folder)
     if not rows:
         raise AtlasError(f"{folder}/results.jsonl: no finished runs yet")
@@ -136,9 +135,7 @@ def sae_report(folder: Path) -> dict[str, Any]:
         raise AtlasError(f"{folder}/cfg.json: missing or not JSON")
     sweep = None
     parent = folder.parent
-    if (parent / "results.jsonl").is_file():
-        from sae.sweep import FITS, fits, read_results
-
+    if (parent / RESULTS).is_file():
         rows = read_results(parent)
         if any(row.get("name") == folder.name for row in rows):
             sweep = {"rows": rows, "fits": _read_json(parent / FITS) or fits(rows)}
