@@ -12,8 +12,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from indexer.fires import rank_in_runs
-from indexer.geometry import Ranked, concat
+from indexer.ranking import Ranked, concat, rank_in_runs
 
 
 class FiredCodes(NamedTuple):

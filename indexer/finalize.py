@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -12,9 +12,10 @@ import torch
 from indexer import tables
 from indexer.accumulate import Accumulators
 from indexer.config import BuildConfig
-from indexer.cooccur import coactivations, fired_codes, token_tables
-from indexer.geometry import Ranked, decoder_neighbours, logit_effects
+from indexer.cooccur import TokenTable, coactivations, fired_codes, token_tables
+from indexer.geometry import decoder_neighbours, logit_effects
 from indexer.hashing import held_out
+from indexer.ranking import Ranked
 from indexer.sources import ActivationSource
 from sae import explain
 from sae.lm import LanguageModel, vocab_size, vocabulary
@@ -52,83 +53,115 @@ def assemble(
         fired = fired_codes(sample_tokens, sample_acts, sample_indices)
         latent_tokens, token_latents = token_tables(fired, vocab_size=n_tokens, top=cfg.top_tokens)
         texts, special = vocab_job.result()
-        explanations = explain.explain_latents(
-            explain.TokenSample(
-                token_ids=sample_tokens,
-                indices=sample_indices,
-                activations=sample_acts,
-                held_out=held_out(ids, cfg.held_out),
-            ),
-            n_latents=n,
-            vocab=texts,
-            max_patterns=cfg.explanation_patterns,
+        sample = explain.TokenSample(
+            token_ids=sample_tokens,
+            indices=sample_indices,
+            activations=sample_acts,
+            held_out=held_out(ids, cfg.held_out),
         )
+        explained = _explained(sample, n_latents=n, vocab=texts, cfg=cfg)
         coactive = coactive_job.result()
         promoted, suppressed, near = weights_job.result()
-    examples_q, bands = tables.quantile_examples(
-        acc.sample.kept(), n_latents=n, bands=cfg.quantile_bands, per_band=cfg.examples_per_band
-    )
-    examples = pa.concat_tables([tables.top_examples(acc.top.kept()), examples_q])
-    explanation_text: list[str | None] = [None] * n
-    precision, recall = np.full(n, np.nan), np.full(n, np.nan)
-    pattern_rows = []
-    for e in explanations:
-        explanation_text[e.latent_id] = e.text
-        precision[e.latent_id] = np.nan if e.precision is None else e.precision
-        recall[e.latent_id] = np.nan if e.recall is None else e.recall
-        pattern_rows.extend(e.patterns)
-    top_token: list[str | None] = [None] * n
-    first = latent_tokens.rank == 0
-    for latent, token in zip(latent_tokens.key[first], latent_tokens.other[first], strict=True):
-        top_token[int(latent)] = texts[int(token)]
-    context_ids = np.unique(examples.column("context_id").to_numpy())
+    examples, bands = _examples(acc, n_latents=n, cfg=cfg)
     out = {
-        "vocab": pa.table(
-            {
-                "token_id": pa.array(np.arange(n_tokens), pa.int32()),
-                "text": texts,
-                "special": special,
-            }
-        ),
-        "contexts": _contexts(source, context_ids),
+        "vocab": _vocab(texts, special),
+        "contexts": _contexts(source, np.unique(examples.column("context_id").to_numpy())),
         "latents": tables.latents_table(
             acc.stats,
-            top_token_text=top_token,
-            explanation=explanation_text,
-            precision=precision,
-            recall=recall,
+            top_token_text=_top_token_text(latent_tokens, texts, n_latents=n),
+            explanation=explained.text,
+            precision=explained.precision,
+            recall=explained.recall,
         ),
         "examples": examples,
         "quantile_bands": bands,
         "activation_histograms": tables.activation_histograms(acc.stats),
         "density_histogram": tables.density_histogram(acc.stats),
-        "logits": pa.concat_tables(
-            [
-                tables.ranked_table(
-                    promoted,
-                    other="token_id",
-                    value="value",
-                    kind=["promoted"] * len(promoted.latent),
-                ),
-                tables.ranked_table(
-                    suppressed,
-                    other="token_id",
-                    value="value",
-                    kind=["suppressed"] * len(suppressed.latent),
-                ),
-            ]
-        ),
+        "logits": _logits(promoted, suppressed),
         "neighbours": tables.ranked_table(near, other="other_id", value="cosine"),
         "coactivations": tables.ranked_table(
             coactive.ranked, other="other_id", value="jaccard", count=coactive.together
         ),
         "latent_tokens": _token_table(latent_tokens, key="latent_id", other="token_id"),
         "token_latents": _token_table(token_latents, key="token_id", other="latent_id"),
-        "explanation_patterns": _patterns(pattern_rows),
+        "explanation_patterns": _patterns(explained.patterns),
     }
-    metrics = _metrics(acc, precision, recall, n_sample_contexts=len(ids))
-    metrics["explained"] = len(explanations)
+    metrics = _metrics(acc, explained.precision, explained.recall, n_sample_contexts=len(ids))
+    metrics["explained"] = explained.n_explained
     return out, metrics
+
+
+class Explained(NamedTuple):
+    """The n-gram explanations, spread out per latent (None / NaN where a latent has none)."""
+
+    text: list[str | None]
+    precision: np.ndarray
+    recall: np.ndarray
+    patterns: list[explain.Pattern]
+    n_explained: int  # latents with an explanation
+
+
+def _explained(
+    sample: explain.TokenSample, *, n_latents: int, vocab: list[str], cfg: BuildConfig
+) -> Explained:
+    """Each latent's explanation from the token sample, as the `latents` columns hold it."""
+    explanations = explain.explain_latents(
+        sample, n_latents=n_latents, vocab=vocab, max_patterns=cfg.explanation_patterns
+    )
+    text: list[str | None] = [None] * n_latents
+    precision, recall = np.full(n_latents, np.nan), np.full(n_latents, np.nan)
+    patterns: list[explain.Pattern] = []
+    for e in explanations:
+        text[e.latent_id] = e.text
+        precision[e.latent_id] = np.nan if e.precision is None else e.precision
+        recall[e.latent_id] = np.nan if e.recall is None else e.recall
+        patterns.extend(e.patterns)
+    return Explained(text, precision, recall, patterns, len(explanations))
+
+
+def _examples(acc: Accumulators, *, n_latents: int, cfg: BuildConfig) -> tuple[pa.Table, pa.Table]:
+    """The `examples` table (top examples, then quantile examples) and `quantile_bands`."""
+    quantile, bands = tables.quantile_examples(
+        acc.sample.kept(),
+        n_latents=n_latents,
+        bands=cfg.quantile_bands,
+        per_band=cfg.examples_per_band,
+    )
+    return pa.concat_tables([tables.top_examples(acc.top.kept()), quantile]), bands
+
+
+def _top_token_text(
+    latent_tokens: TokenTable, texts: list[str], *, n_latents: int
+) -> list[str | None]:
+    """The text of the token each latent fires on most (None for a latent that never fires)."""
+    top: list[str | None] = [None] * n_latents
+    first = latent_tokens.rank == 0
+    for latent, token in zip(latent_tokens.key[first], latent_tokens.other[first], strict=True):
+        top[int(latent)] = texts[int(token)]
+    return top
+
+
+def _vocab(texts: list[str], special: np.ndarray) -> pa.Table:
+    """The `vocab` table: every token id's text, as the tokenizer decodes it alone."""
+    return pa.table(
+        {
+            "token_id": pa.array(np.arange(len(texts)), pa.int32()),
+            "text": texts,
+            "special": special,
+        }
+    )
+
+
+def _logits(promoted: Ranked, suppressed: Ranked) -> pa.Table:
+    """The `logits` table: promoted tokens, then suppressed ones, each with its `kind`."""
+    return pa.concat_tables(
+        [
+            tables.ranked_table(
+                ranked, other="token_id", value="value", kind=[kind] * len(ranked.latent)
+            )
+            for kind, ranked in (("promoted", promoted), ("suppressed", suppressed))
+        ]
+    )
 
 
 def _weight_tables(
@@ -155,7 +188,7 @@ def _contexts(source: ActivationSource, context_ids: np.ndarray) -> pa.Table:
     )
 
 
-def _token_table(table: Any, *, key: str, other: str) -> pa.Table:
+def _token_table(table: TokenTable, *, key: str, other: str) -> pa.Table:
     return pa.table(
         {
             key: pa.array(table.key, pa.int32()),

@@ -91,13 +91,3 @@ class Fires:
         out = np.zeros((len(pairs), self.positions), np.float32)
         out[row[keep], self.flat[keep] % self.positions] = self.activation[keep]
         return out
-
-
-def rank_in_runs(sorted_keys: np.ndarray) -> np.ndarray:
-    """0, 1, 2, ... within each run of equal keys of a sorted array."""
-    n = len(sorted_keys)
-    if n == 0:
-        return np.zeros(0, np.int64)
-    start = np.r_[True, sorted_keys[1:] != sorted_keys[:-1]]
-    first = np.maximum.accumulate(np.where(start, np.arange(n), 0))
-    return np.arange(n) - first

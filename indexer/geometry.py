@@ -5,20 +5,11 @@ Both are computed a block of latents at a time, so nothing n x V or n x n is eve
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 import torch
 from torch import Tensor
 
-
-class Ranked(NamedTuple):
-    """Per-latent ranked lists, flattened: row i is (latent[i], rank[i], other[i], value[i])."""
-
-    latent: np.ndarray
-    rank: np.ndarray
-    other: np.ndarray
-    value: np.ndarray
+from indexer.ranking import Ranked, concat
 
 
 def _flatten(first: int, values: Tensor, indices: Tensor) -> Ranked:
@@ -29,10 +20,6 @@ def _flatten(first: int, values: Tensor, indices: Tensor) -> Ranked:
         other=indices.reshape(-1).numpy(),
         value=values.reshape(-1).double().numpy(),
     )
-
-
-def concat(parts: list[Ranked]) -> Ranked:
-    return Ranked(*(np.concatenate([getattr(p, f) for p in parts]) for f in Ranked._fields))
 
 
 @torch.no_grad()

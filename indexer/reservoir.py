@@ -20,7 +20,8 @@ from typing import Literal, NamedTuple
 import numpy as np
 import torch
 
-from indexer.fires import Fires, rank_in_runs
+from indexer.fires import Fires
+from indexer.ranking import rank_in_runs
 
 Kind = Literal["strongest", "hash"]
 

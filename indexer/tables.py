@@ -6,8 +6,7 @@ import numpy as np
 import pyarrow as pa
 
 from indexer.accumulate import LatentStats, histogram_edges
-from indexer.fires import rank_in_runs
-from indexer.geometry import Ranked
+from indexer.ranking import Ranked, rank_in_runs
 from indexer.reservoir import Kept
 
 DENSE_DENSITY = 0.1  # a latent firing on more than 10% of tokens is flagged dense

@@ -1,0 +1,32 @@
+"""Ranked lists as flat arrays: the row layout that logits, neighbours, coactivations and the
+token tables share, and the rank of each row within its run of equal keys."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+
+class Ranked(NamedTuple):
+    """Per-latent ranked lists, flattened: row i is (latent[i], rank[i], other[i], value[i])."""
+
+    latent: np.ndarray
+    rank: np.ndarray
+    other: np.ndarray
+    value: np.ndarray
+
+
+def concat(parts: list[Ranked]) -> Ranked:
+    """The rows of every part, in order (parts computed a block of latents at a time)."""
+    return Ranked(*(np.concatenate([getattr(p, f) for p in parts]) for f in Ranked._fields))
+
+
+def rank_in_runs(sorted_keys: np.ndarray) -> np.ndarray:
+    """0, 1, 2, ... within each run of equal keys of a sorted array."""
+    n = len(sorted_keys)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    start = np.r_[True, sorted_keys[1:] != sorted_keys[:-1]]
+    first = np.maximum.accumulate(np.where(start, np.arange(n), 0))
+    return np.arange(n) - first
