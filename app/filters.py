@@ -70,6 +70,75 @@ def highlight(example: Example, *, vocab_html: Sequence[str], maximum: float | N
     return Markup("".join(parts))
 
 
+# The words the overview shows for the keys of the index's metrics, the SAE's eval.json, its
+# last training record and its config. The JSON API keeps the keys; a page shows each key as
+# the label's `title`.
+LABELS = {
+    # index metrics (indexer build)
+    "alive": "Alive latents",
+    "dead": "Dead latents",
+    "dense": "Dense latents",
+    "median_density": "Median density of alive latents",
+    "median_explanation_precision": "Median explanation precision",
+    "median_explanation_recall": "Median explanation recall",
+    "token_sample_contexts": "Contexts in the token sample",
+    "explained": "Latents explained",
+    # sae eval
+    "nmse": "Normalized MSE",
+    "explained_variance": "Explained variance",
+    "l0": "L0 (active latents per token)",
+    "dead_fraction": "Dead latents, fraction",
+    "loss_clean": "LM loss, clean",
+    "loss_sae": "LM loss, SAE spliced in",
+    "loss_zero_ablation": "LM loss, zero ablation",
+    "loss_mean_ablation": "LM loss, mean ablation",
+    "delta_loss": "Δ LM loss, SAE spliced in",
+    "delta_loss_zero_ablation": "Δ LM loss, zero ablation",
+    "delta_loss_mean_ablation": "Δ LM loss, mean ablation",
+    "kl": "KL to clean (nats per token)",
+    "n_tokens": "Tokens",
+    "n_contexts": "Contexts",
+    "explanation_precision": "Explanation precision",
+    "explanation_recall": "Explanation recall",
+    "explained_fraction": "Latents explained, fraction",
+    "rare_fraction": "Rare latents, fraction",
+    "probe_score": "Probe score",
+    "ablation_sparsity": "Ablation sparsity",
+    # last training step
+    "step": "Step",
+    "tokens": "Tokens seen",
+    "fvu": "Normalized MSE (training batch)",
+    "auxk_loss": "AuxK loss",
+    "multi_topk_fvu": "Multi-TopK normalized MSE",
+    "l1": "L1 of the codes",
+    "lr": "Learning rate",
+    "tokens_per_s": "Tokens per second",
+    # SAE config
+    "d_in": "Input width (d)",
+    "n_latents": "Latents",
+    "k": "Active latents per token (k)",
+    "activation": "Activation",
+    "normalize": "Input normalization",
+    "input_scale": "Input scale",
+    "multi_topk": "Multi-TopK loss",
+    "k_aux": "AuxK latents",
+    "auxk_coef": "AuxK loss weight",
+    "dead_tokens": "Unfired tokens before a latent is dead",
+    "max_norm_ratio": "Largest input norm kept (× median)",
+    "median_norm": "Median input norm",
+    "model": "Model",
+    "layer": "Layer",
+    "hook": "Hook",
+    "corpus": "Corpus",
+    "library_version": "Library version",
+}
+
+
+def label(key: str) -> str:
+    """The words for a metric or setting key; a key not listed reads as words all the same."""
+    return LABELS.get(key) or key.replace("_", " ").capitalize()
+
+
 FILTERS = {
     "number": number,
     "percent": percent,
@@ -77,4 +146,5 @@ FILTERS = {
     "shade": shade,
     "token": token,
     "highlight": highlight,
+    "label": label,
 }

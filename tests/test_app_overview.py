@@ -18,9 +18,9 @@ def test_overview_shows_the_sae_metrics_and_provenance(app_client: Any, app_sql:
     [(model, n_latents, sae_hash)] = app_sql("SELECT model, n_latents, sae_hash FROM build")
     html = page(app_client, "/")
     assert html.h1 is not None and f"{n_latents} latents of {model}" in html.h1.get_text()
-    metrics = {row.th.get_text(): row.td.get_text() for row in html.select("#index-metrics tr")}
+    metrics = {row.th["title"]: row.td.get_text() for row in html.select("#index-metrics tr")}
     assert metrics["n_latents"] == str(n_latents)
-    config = {row.th.get_text(): row.td.get_text() for row in html.select("#sae-config tr")}
+    config = {row.th["title"]: row.td.get_text() for row in html.select("#sae-config tr")}
     assert config["k"] == "4" and config["d_in"] == "32"
     assert sae_hash in html.select_one("#provenance").get_text()
 
@@ -57,22 +57,10 @@ def test_overview_shows_the_report_figures_of_a_trained_sae(
 
     from app.main import create_app
     from app.settings import AppSettings
-    from sae.train import TrainConfig, train
-    from tests.conftest import _index_tiny
+    from tests.helpers import index_tiny, trained_tiny_sae
 
-    sae_folder = tmp_path / "sae"
-    train(
-        TrainConfig(
-            out=str(sae_folder),
-            acts=str(tiny_cache),
-            latents=32,
-            k=4,
-            batch_size=128,
-            tokens=128 * 8,
-            progress=False,
-        )
-    )
-    index = _index_tiny(sae_folder, tiny_cache, tmp_path / "index.duckdb")
+    sae_folder = trained_tiny_sae(tmp_path / "sae", tiny_cache, steps=8)
+    index = index_tiny(sae_folder, tiny_cache, tmp_path / "index.duckdb")
     with TestClient(create_app(AppSettings(index=index)), base_url="http://localhost") as client:
         html = page(client, "/")
         report = client.get("/api/build").json()["report"]
