@@ -1,7 +1,9 @@
 """Shared fixtures: the real default model, a tiny random model, and small corpora.
 
-Nothing here downloads: the default model and corpus are prepared by `make setup`
-(`sae fetch`), and tests run with the Hugging Face Hub offline.
+The corpora and the builders the fixtures use live in tests/helpers.py, which test modules
+import (a conftest is not a module to import from). Nothing here downloads: the default
+model and corpus are prepared by `make setup` (`sae fetch`), and tests run with the Hugging
+Face Hub offline.
 """
 
 from __future__ import annotations
@@ -22,24 +24,7 @@ if not torch.cuda.is_available():  # Triton kernels run on the CPU through the i
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from sae.lm import LanguageModel, default_model_dir, load_lm
-
-ENGLISH = (
-    "The library opened early on Saturday morning, and a small crowd of students waited "
-    "outside with their books. Inside, the librarian turned on the lights and unlocked the "
-    "doors. Everyone hurried to find a quiet table near the windows."
-)
-
-DOCUMENTS = [
-    "The os module provides a portable way of using operating system dependent functionality. "
-    "If you just want to read or write a file see open().",
-    "A list is a mutable sequence, typically used to store collections of homogeneous items. "
-    "Lists may be constructed in several ways: using a pair of square brackets.",
-    "def greet(name):\n    return f'Hello, {name}!'\n\nprint(greet('world'))\n",
-    "Exceptions are raised when errors are detected during execution. Most exceptions are not "
-    "handled by programs, and result in error messages as shown here.",
-    "The tokenizer splits text into tokens; each token is mapped to an integer id. "
-    "Short documents are packed together so that none is lost.",
-] * 6
+from tests.helpers import DOCUMENTS, HOSTILE_TEXT, harvest_tiny, index_tiny, sae_from_cache
 
 
 @pytest.fixture(scope="session")
@@ -100,39 +85,6 @@ def tiny_cache(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -
     return harvest_tiny(tiny_model_dir, corpus, out, tokens=2048)
 
 
-def harvest_tiny(model_dir: Path, corpus: Path, out: Path, *, tokens: int) -> Path:
-    """Layer 2 of the tiny model over `corpus`: contexts of 17 tokens, shards of 32, fp32."""
-    from sae.harvest import HarvestConfig, harvest
-
-    cfg = HarvestConfig(
-        out=str(out),
-        model=str(model_dir),
-        corpus=str(corpus),
-        layer=2,
-        tokens=tokens,
-        context_length=17,
-        shard_contexts=32,
-        dtype="float32",
-    )
-    harvest(cfg, progress=False)
-    return out
-
-
-def sae_from_cache(cache_root: Path, model_dir: Path, out: Path, *, n_latents: int) -> Path:
-    """A k=4 SAE for a tiny-model cache, initialised from all of its data, saved to `out`."""
-    from sae.cache import ActivationCache
-    from sae.config import SaeConfig
-    from sae.model import SparseAutoencoder
-
-    cache = ActivationCache(cache_root)
-    sample = torch.cat([acts.flatten(0, 1) for _, acts in cache.shards()]).float()
-    cfg = SaeConfig(d_in=32, n_latents=n_latents, k=4, layer=2, model=str(model_dir))
-    model = SparseAutoencoder(cfg)
-    model.init_from_data(sample)
-    model.save(out)
-    return out
-
-
 @pytest.fixture(scope="session")
 def tiny_sae(
     tmp_path_factory: pytest.TempPathFactory, tiny_cache: Path, tiny_model_dir: Path
@@ -147,33 +99,11 @@ def tiny_sae(
 from collections.abc import Iterator  # noqa: E402
 from typing import Any  # noqa: E402
 
-HOSTILE_TEXT = (
-    '<script>alert("x")</script> O\'Brien said "hi" & <b>bold</b> </textarea><img src=x '
-    "onerror=alert(1)> {{ 7*7 }} ' OR 1=1 -- "
-)
-
-
-def _index_tiny(sae_folder: Path, acts: Path, out: Path) -> Path:
-    from indexer.build import build
-    from indexer.config import BuildConfig
-
-    cfg = BuildConfig(
-        sae=str(sae_folder),
-        acts=str(acts),
-        out=str(out),
-        top_examples=5,
-        quantile_bands=4,
-        examples_per_band=2,
-        batch_tokens=512,
-    )
-    build(cfg, progress=False)
-    return out
-
 
 @pytest.fixture(scope="session")
 def app_index(tmp_path_factory: pytest.TempPathFactory, tiny_sae: Path, tiny_cache: Path) -> Path:
     """The tiny SAE over the tiny cache, indexed: 64 latents, 128 contexts of 17 tokens."""
-    return _index_tiny(tiny_sae, tiny_cache, tmp_path_factory.mktemp("app-index") / "i.duckdb")
+    return index_tiny(tiny_sae, tiny_cache, tmp_path_factory.mktemp("app-index") / "i.duckdb")
 
 
 @pytest.fixture(scope="session")
@@ -184,7 +114,7 @@ def hostile_index(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
     corpus.write_text(HOSTILE_TEXT * 40)
     acts = harvest_tiny(tiny_model_dir, corpus, root / "acts", tokens=512)
     sae_folder = sae_from_cache(acts, tiny_model_dir, root / "sae", n_latents=16)
-    return _index_tiny(sae_folder, acts, root / "index.duckdb")
+    return index_tiny(sae_folder, acts, root / "index.duckdb")
 
 
 @pytest.fixture(scope="session")

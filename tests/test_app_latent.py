@@ -77,7 +77,27 @@ def test_latent_page_shows_histogram_explanation_and_related_latents(
     assert html.select("#coactive a.latent-link")
     assert html.select("#promoted tbody tr") and html.select("#suppressed tbody tr")
     assert html.select("#top-tokens tbody tr a.token")
-    assert html.select_one("#next-latent")["href"] == f"/latents/{latent + 1}" or latent == 63
+
+
+def test_latent_nav_links_its_neighbours_and_stops_at_either_end(
+    app_client: Any, app_sql: Any
+) -> None:
+    [(n_latents,)] = app_sql("SELECT n_latents FROM build")
+    assert n_latents == 64
+    for latent in (0, busiest_latent(app_sql), 1, n_latents - 2, n_latents - 1):
+        nav = soup(app_client.get(f"/latents/{latent}")).select_one("nav.latent-nav")
+        previous, following = nav.select_one("#prev-latent"), nav.select_one("#next-latent")
+        if latent == 0:  # the first latent has no previous one: no link to /latents/-1
+            assert previous is None
+        else:
+            assert previous["href"] == f"/latents/{latent - 1}"
+            assert previous.get_text() == f"← #{latent - 1}"
+        if latent == n_latents - 1:  # the last has no next one: no link to a 404
+            assert following is None
+        else:
+            assert following["href"] == f"/latents/{latent + 1}"
+            assert following.get_text() == f"#{latent + 1} →"
+        assert [a["href"] for a in nav.select("a:not([id])")] == ["/latents"]
 
 
 def test_api_detail_holds_everything_on_the_page(app_client: Any, app_sql: Any) -> None:

@@ -14,7 +14,7 @@ from transformers import AutoTokenizer
 from sae.contexts import build_contexts, contexts_needed
 from sae.corpus import Document, open_corpus
 from sae.errors import AtlasError
-from tests.conftest import DOCUMENTS
+from tests.helpers import DOCUMENTS
 
 
 @pytest.fixture(scope="module")

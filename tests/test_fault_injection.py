@@ -28,8 +28,7 @@ import sae.cli
 from indexer import schema
 from sae import cache
 from tests import faults
-from tests.conftest import DOCUMENTS
-from tests.helpers import index_rows
+from tests.helpers import DOCUMENTS, index_rows
 
 SEED = 11
 MAX_DELAY_S = 0.3

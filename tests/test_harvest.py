@@ -21,7 +21,7 @@ from sae.cache import ActivationCache
 from sae.errors import AtlasError
 from sae.harvest import HarvestConfig, harvest
 from sae.lm import LanguageModel
-from tests.conftest import DOCUMENTS
+from tests.helpers import DOCUMENTS
 
 
 def run_harvest(out: Path, **settings: Any) -> dict[str, Any]:

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 import sae
-from indexer.accumulate import HIST_BINS, histogram_bins
 from indexer.build import build
 from indexer.config import BuildConfig
 from indexer.hashing import pair_hash
@@ -66,6 +65,18 @@ def dense(tiny_sae: Path, tiny_cache: Path) -> Dense:
     return Dense(tiny_sae, tiny_cache)
 
 
+# The documented bins (DESIGN.md §7, indexer/schema.py): 20 log-spaced bins per decade from
+# 1e-4 to 1e4, each [lower, upper); a value outside the range counts in the first or last bin.
+EDGES = np.logspace(-4, 4, 8 * 20 + 1)
+
+
+def expected_histogram(values: np.ndarray) -> list[tuple[float, float, int]]:
+    """(lower, upper, count) of every non-empty bin, by comparing values with the edges."""
+    clipped = np.clip(values.astype(np.float64), EDGES[0], EDGES[-1])
+    counts, _ = np.histogram(clipped, bins=EDGES)  # the last bin also holds 1e4 itself
+    return [(EDGES[i], EDGES[i + 1], int(counts[i])) for i in np.flatnonzero(counts)]
+
+
 def query(index: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
     with duckdb.connect(str(index), read_only=True) as connection:
         return connection.execute(sql, list(params)).fetchall()
@@ -90,15 +101,18 @@ def test_counts_densities_maxima_and_histograms_match_brute_force(
         if len(values):
             assert mean == pytest.approx(values.mean(), rel=1e-5)
             assert peak == pytest.approx(values.max(), rel=1e-6)
-            expected = np.bincount(histogram_bins(values), minlength=HIST_BINS)
+            expected = expected_histogram(values)
             stored = query(
                 tiny_index,
-                "SELECT lower, count FROM activation_histograms WHERE latent_id = ? ORDER BY lower",
+                "SELECT lower, upper, count FROM activation_histograms WHERE latent_id = ? "
+                "ORDER BY lower",
                 latent,
             )
-            nonzero = np.flatnonzero(expected)
-            assert [c for _, c in stored] == expected[nonzero].tolist()
-            assert sum(c for _, c in stored) == n_fires
+            assert [c for _, _, c in stored] == [c for _, _, c in expected]
+            np.testing.assert_allclose(
+                [row[:2] for row in stored], [row[:2] for row in expected], rtol=1e-6
+            )  # the edges are stored as 32-bit floats
+            assert sum(c for _, _, c in stored) == n_fires
     assert sum(r[1] for r in rows) > 0
     (n_tokens,) = query(tiny_index, "SELECT n_tokens FROM build")[0]
     assert n_tokens == dense.n_tokens

@@ -16,7 +16,7 @@ from sae.lm import (
     next_token_loss,
     residual_stream,
 )
-from tests.conftest import ENGLISH
+from tests.helpers import ENGLISH
 
 
 def test_default_model_is_smollm2_135m(default_lm: LanguageModel) -> None:

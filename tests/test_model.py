@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from torch import Tensor
 
 import sae
 from sae.config import SaeConfig
@@ -111,12 +112,43 @@ def test_auxk_trains_only_dead_latents_and_vanishes_without_them() -> None:
     assert float(model.W_enc.grad[:20].abs().max()) > 0.0
 
 
-def test_multi_topk_adds_a_4k_loss_no_worse_than_k() -> None:
-    model = make_sae(multi_topk=True)
+def fvu_with_top(model: SparseAutoencoder, x: Tensor, k: int) -> Tensor:
+    """The FVU of keeping the k largest pre-activations, computed the plain dense way."""
+    with torch.no_grad():
+        xn, _ = model.normalize(x)
+        pre = (xn - model.b_pre) @ model.W_enc.T + model.b_enc  # (B, n)
+        top = pre.topk(k, dim=-1)
+        codes = torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
+        residual = xn - (codes @ model.W_dec + model.b_pre)
+        return residual.pow(2).sum(-1).mean() / (xn - xn.mean(0)).pow(2).sum(-1).mean()
+
+
+def test_multi_topk_loss_is_the_fvu_of_the_top_4k_latents() -> None:
+    model = make_sae(multi_topk=True)  # n = 48, k = 4: the 4k loss keeps 16 latents
     x = sample(64)
     model.init_from_data(x)
+    with torch.no_grad():  # a bias of its own, as after training
+        model.b_enc.copy_(torch.rand(48, generator=torch.Generator().manual_seed(1)) - 0.5)
     out = model(x)
-    assert float(out.multi_topk_fvu) > 0
+    torch.testing.assert_close(out.fvu, fvu_with_top(model, x, 4), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.multi_topk_fvu, fvu_with_top(model, x, 16), rtol=1e-5, atol=1e-6)
+
+
+def test_multi_topk_adds_a_4k_loss_no_worse_than_k() -> None:
+    """With orthonormal decoder rows and W_enc = W_dec, each code is the input's projection
+    on its row, so every further positive latent removes its share of the error: 4k latents
+    reconstruct strictly better than k. (A freshly initialised SAE's 4k reconstruction
+    overshoots, as W_enc is scaled for k latents, so it cannot show this.)"""
+    model = make_sae(n=24, d=32, normalize="none", multi_topk=True)  # 4k = 16 of 24 latents
+    rows, _ = torch.linalg.qr(torch.randn(32, 24, generator=torch.Generator().manual_seed(2)))
+    with torch.no_grad():
+        model.W_enc.copy_(rows.T)  # (24, 32), orthonormal rows
+        model.W_dec.copy_(rows.T)
+        model.b_pre.copy_(torch.linspace(-1.0, 1.0, 32))
+    x = sample(64, d=32) / 30
+    out = model(x)
+    torch.testing.assert_close(out.multi_topk_fvu, fvu_with_top(model, x, 16), rtol=1e-5, atol=1e-6)
+    assert 0 < float(out.multi_topk_fvu) < float(out.fvu)
 
 
 # --- our format ------------------------------------------------------------------------------

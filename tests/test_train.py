@@ -204,7 +204,7 @@ def stream_run(tiny_model_dir: Path, corpus: Path, out: Path, **kw: Any) -> Trai
 def test_training_streams_from_the_model_without_a_cache(
     tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.conftest import DOCUMENTS
+    from tests.helpers import DOCUMENTS
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(" ".join(f"{doc} ({i})" for i, doc in enumerate(DOCUMENTS * 3)))

@@ -24,7 +24,7 @@ from sae.harvest import HarvestConfig, harvest
 from sae.memory import training_memory
 from sae.model import SparseAutoencoder
 from sae.train import fit_batch_size
-from tests.conftest import DOCUMENTS, harvest_tiny
+from tests.helpers import DOCUMENTS, harvest_tiny
 
 GIB = 1 << 30
 
