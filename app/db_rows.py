@@ -10,6 +10,7 @@ from sqlalchemy.engine import Connection, RowMapping
 
 from app import records as r
 from indexer import schema as s
+from sae.visible import visible
 
 SORT_COLUMNS: dict[str, sa.ColumnElement[Any]] = {
     "id": s.latents.c.latent_id,
@@ -32,7 +33,7 @@ def like_pattern(text: str) -> str:
 def explanation_matches(query: str) -> sa.ColumnElement[bool]:
     """The explanation contains `query`, typed with plain spaces or as shown (␣, ⏎)."""
     column = s.latents.c.explanation
-    shown = query.replace(" ", "␣").replace("\n", "⏎")
+    shown = visible(query)
     return sa.or_(
         column.ilike(like_pattern(query), escape="\\"),
         column.ilike(like_pattern(shown), escape="\\"),

@@ -9,6 +9,7 @@ from typing import Any
 from markupsafe import Markup, escape
 
 from app.records import Example
+from sae.visible import visible
 
 SHADES = 10  # highlight steps: CSS classes act-0 .. act-10 (no inline styles under the CSP)
 
@@ -45,7 +46,7 @@ def shade(activation: float, maximum: float | None) -> str:
 
 def token(text: str) -> str:
     """A token as shown: line breaks and tabs made visible, spaces kept."""
-    return text.replace("\n", "⏎").replace("\r", "␍").replace("\t", "⇥") or "∅"
+    return visible(text, spaces=False) or "∅"
 
 
 def escaped_token(text: str) -> str:

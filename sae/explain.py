@@ -43,8 +43,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from sae.visible import visible
+
 SEPARATOR = " | "
-VISIBLE = str.maketrans({" ": "␣", "\n": "⏎", "\t": "⇥"})
 
 
 @dataclass(frozen=True)
@@ -431,5 +432,5 @@ def render_ngram(token_ids: Sequence[int], vocab: Sequence[str]) -> str:
 
     The text is data, not markup: escaping it for HTML is the app's job.
     """
-    texts = [vocab[t].translate(VISIBLE) for t in token_ids]
+    texts = [visible(vocab[t]) for t in token_ids]
     return "".join(texts[:-1]) + "[" + texts[-1] + "]"
