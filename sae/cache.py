@@ -164,6 +164,18 @@ def load_token_ids(root: Path, *, mmap: bool = True) -> np.ndarray:
         raise AtlasError(f"{path}: truncated or unreadable token ids ({exc})") from None
 
 
+def checked_token_ids(root: Path, manifest: dict[str, Any]) -> np.ndarray:
+    """`load_token_ids`, and of the shape the manifest says: (n_contexts, context_length)."""
+    tokens = load_token_ids(root)
+    expected = (int(manifest["n_contexts"]), int(manifest["context_length"]))
+    if tokens.shape != expected:
+        raise AtlasError(
+            f"{root / TOKENS}: holds {tokens.shape} token ids, but {root / MANIFEST} says "
+            f"{expected[0]} contexts of {expected[1]} tokens"
+        )
+    return tokens
+
+
 def read_shard_info(path: Path, index: int) -> ShardInfo:
     try:
         with safe_open(str(path), framework="pt") as handle:
@@ -204,12 +216,7 @@ class ActivationCache:
         """The files agree with the manifest: token ids of every context, every shard there
         with the stated shape. Headers only; the activations themselves are not read."""
         manifest_path = self.root / MANIFEST
-        tokens = self.token_ids()
-        if tokens.shape != (self.n_contexts, self.context_length):
-            raise AtlasError(
-                f"{self.root / TOKENS}: holds {tokens.shape} token ids, but {manifest_path} says "
-                f"{self.n_contexts} contexts of {self.context_length} tokens"
-            )
+        checked_token_ids(self.root, self.manifest)
         first = shard_path(self.root, 0)
         try:
             shape = _tensor_shapes(first).get("activations")

@@ -263,12 +263,7 @@ def _token_ids(out: Path, manifest: dict[str, Any], *, overwrite: bool) -> np.nd
     when they are damaged and --overwrite allows starting again. They cannot be recomputed:
     the corpus may have changed since."""
     try:
-        token_ids = cache.load_token_ids(out)
-        expected = (int(manifest["n_contexts"]), int(manifest["context_length"]))
-        if token_ids.shape != expected:
-            raise AtlasError(
-                f"{out / cache.TOKENS}: holds {token_ids.shape} token ids, expected {expected}"
-            )
+        return cache.checked_token_ids(out, manifest)
     except AtlasError as exc:
         if overwrite:
             log.warning("%s; harvesting the cache again (--overwrite)", exc)
@@ -277,7 +272,6 @@ def _token_ids(out: Path, manifest: dict[str, Any], *, overwrite: bool) -> np.nd
             f"{exc}; the cache cannot be completed without them: pass --overwrite to harvest "
             "it again"
         ) from None
-    return token_ids
 
 
 def _missing_shards(out: Path, manifest: dict[str, Any]) -> list[int]:
