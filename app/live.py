@@ -25,7 +25,7 @@ OVER_LIMIT = "its norm exceeds the attention-sink limit of the index: not encode
 
 @dataclass
 class _Loaded:
-    lm: Any  # sae.lm.LanguageModel
+    lm: Any  # sae.activations.lm.LanguageModel
     sae: Any  # sae.model.SparseAutoencoder
 
 
@@ -56,7 +56,7 @@ class LiveEncoder:
         """The model's tokenizer and context length: no weights, a fraction of a second."""
         from transformers import AutoTokenizer
 
-        from sae.lm import load_config, resolve_model
+        from sae.activations.lm import load_config, resolve_model
 
         try:
             config = load_config(self.build.model)
@@ -68,7 +68,7 @@ class LiveEncoder:
 
     def _load(self) -> _Loaded:
         import sae
-        from sae.lm import load_lm
+        from sae.activations.lm import load_lm
 
         try:
             lm = load_lm(self.build.model, device=self.settings.device)
@@ -114,7 +114,7 @@ class LiveEncoder:
     def _codes(
         self, loaded: _Loaded, ids: list[int]
     ) -> tuple[torch.Tensor, torch.Tensor, list[str | None]]:
-        from sae.lm import residual_stream
+        from sae.activations.lm import residual_stream
 
         input_ids = torch.tensor([ids], dtype=torch.long)  # (1, T)
         with torch.inference_mode():

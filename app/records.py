@@ -1,7 +1,7 @@
 """What the index's queries return: plain dataclasses shared by pages and the JSON API.
 
 FastAPI turns these into Pydantic models for the response schemas, so `/openapi.json`
-documents exactly what `app/db.py` returns.
+documents exactly what `app/db/index.py` returns.
 """
 
 from __future__ import annotations

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from sae.contexts import build_contexts, contexts_needed
-from sae.corpus import open_corpus
-from sae.harvest import HarvestConfig, harvest
-from sae.lm import LanguageModel, load_lm, residual_stream
+from sae.activations.contexts import build_contexts, contexts_needed
+from sae.activations.corpus import open_corpus
+from sae.activations.harvest import HarvestConfig, harvest
+from sae.activations.lm import LanguageModel, load_lm, residual_stream
 
 
 def bare_forward(lm: LanguageModel, token_ids: torch.Tensor, layer: int, batch: int) -> float:
@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
 
-    from sae.lm import quiet_transformers
+    from sae.activations.lm import quiet_transformers
 
     quiet_transformers()
     lm = load_lm(args.model)

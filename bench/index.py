@@ -36,7 +36,7 @@ def peak_rss_mib() -> float:
 @torch.no_grad()
 def read_and_encode(acts: str, sae_path: str, tokens: int, batch_tokens: int) -> dict[str, float]:
     import sae
-    from indexer.sources import CacheSource
+    from sae.activations.source import CacheSource
 
     started = time.perf_counter()
     model = sae.load(sae_path)
@@ -107,7 +107,7 @@ def main() -> None:
         print(json.dumps(work(args.acts, args.sae, args.tokens, args.batch_tokens)))
         return
 
-    from sae.cache import ActivationCache
+    from sae.activations.cache import ActivationCache
 
     cache = ActivationCache(args.acts)
     total = args.tokens or cache.n_contexts * (cache.context_length - 1)

@@ -18,7 +18,7 @@ import torch
 
 from sae.config import SaeConfig
 from sae.model import SparseAutoencoder
-from sae.train import make_optimizer
+from sae.training.train import make_optimizer
 
 
 def dead_mask(n: int, fraction: float, seed: int = 0) -> torch.Tensor:

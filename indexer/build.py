@@ -28,12 +28,12 @@ from indexer.accumulate import Accumulators
 from indexer.config import BuildConfig
 from indexer.encode import encode_chunk
 from indexer.finalize import assemble
-from indexer.sources import ActivationSource, CacheSource, StreamSource
 from indexer.store import write_index
+from sae.activations.lm import LanguageModel, check_layer, load_config, load_lm
+from sae.activations.source import ActivationSource, CacheSource, StreamSource
 from sae.distributed import rank_and_world
 from sae.errors import AtlasError
 from sae.formats import detect
-from sae.lm import LanguageModel, check_layer, load_config, load_lm
 from sae.model import SparseAutoencoder
 from sae.outputs import check_not_inside, check_output_file
 from sae.report.data import sae_report

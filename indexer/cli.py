@@ -35,8 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from indexer.build import build
     from indexer.config import BuildConfig
+    from sae.activations.lm import quiet_transformers
     from sae.distributed import process_group
-    from sae.lm import quiet_transformers
 
     quiet_transformers()
     try:

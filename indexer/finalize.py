@@ -16,9 +16,9 @@ from indexer.cooccur import TokenTable, coactivations, fired_codes, token_tables
 from indexer.geometry import decoder_neighbours, logit_effects
 from indexer.hashing import held_out
 from indexer.ranking import Ranked
-from indexer.sources import ActivationSource
 from sae import explain
-from sae.lm import LanguageModel, vocab_size, vocabulary
+from sae.activations.lm import LanguageModel, vocab_size, vocabulary
+from sae.activations.source import ActivationSource
 from sae.model import SparseAutoencoder
 
 

@@ -9,6 +9,8 @@ position 0, which is never encoded). Densities are fractions of the indexed toke
 
 from __future__ import annotations
 
+import math
+
 import sqlalchemy as sa
 
 SCHEMA_VERSION = 2
@@ -18,6 +20,17 @@ metadata = sa.MetaData()
 def _id(name: str) -> sa.Column:
     # DuckDB rejects the SERIAL that an autoincrementing integer key would emit.
     return sa.Column(name, sa.Integer, primary_key=True, autoincrement=False)
+
+
+def stored_sink_limit(limit: float) -> float:
+    """The SAE's sink limit (sae.sinks; inf: none) as `build.sink_norm_limit` holds it: -1 for
+    none, so the column stays a plain finite number for SQL readers."""
+    return limit if math.isfinite(limit) else -1.0
+
+
+def sink_limit_of(stored: float) -> float:
+    """`build.sink_norm_limit` back as a sink limit: inf where the index has none."""
+    return stored if stored > 0 else math.inf
 
 
 build = sa.Table(
@@ -42,7 +55,7 @@ build = sa.Table(
     sa.Column("n_contexts", sa.BigInteger, nullable=False),
     sa.Column("n_tokens", sa.BigInteger, nullable=False),  # tokens encoded (sinks excluded)
     sa.Column("n_sink_tokens", sa.BigInteger, nullable=False),
-    sa.Column("sink_norm_limit", sa.Float, nullable=False),
+    sa.Column("sink_norm_limit", sa.Float, nullable=False),  # -1: none (see stored_sink_limit)
     sa.Column("token_sample_contexts", sa.Integer, nullable=False),
     sa.Column("settings", sa.JSON, nullable=False),
     sa.Column("versions", sa.JSON, nullable=False),

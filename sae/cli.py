@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import sae
+from sae.activations.harvest import HarvestConfig, harvest
+from sae.activations.lm import quiet_transformers
 from sae.cli_args import add_config_arguments, config_from_arguments
 from sae.distributed import is_main_process, process_group
 from sae.errors import AtlasError
-from sae.harvest import HarvestConfig, harvest
-from sae.lm import quiet_transformers
 
 
 def run_harvest(args: argparse.Namespace) -> None:
@@ -26,7 +26,7 @@ def run_harvest(args: argparse.Namespace) -> None:
 
 
 def run_train(args: argparse.Namespace) -> None:
-    from sae.train import TrainConfig, train
+    from sae.training.train import TrainConfig, train
 
     cfg = config_from_arguments(TrainConfig, args)
     with process_group():
@@ -55,7 +55,7 @@ def training_summary(metrics: Path) -> str:
 
 
 def run_eval(args: argparse.Namespace) -> None:
-    from sae.evaluate import EvalConfig, run_eval
+    from sae.evaluation.evaluate import EvalConfig, run_eval
 
     cfg = config_from_arguments(EvalConfig, args)
     result = run_eval(cfg).to_dict()
@@ -76,7 +76,7 @@ def run_eval(args: argparse.Namespace) -> None:
 
 def run_sweep(args: argparse.Namespace) -> None:
     from sae.report.data import ReportConfig, write_report
-    from sae.sweep import FITS, SweepConfig, summary_lines, sweep
+    from sae.training.sweep import FITS, SweepConfig, summary_lines, sweep
 
     cfg = config_from_arguments(SweepConfig, args)
     rows = sweep(cfg)
@@ -115,8 +115,8 @@ def run_convert(args: argparse.Namespace) -> None:
 
 def run_fetch(args: argparse.Namespace) -> None:
     """Prepare the offline defaults: convert the default model, fetch the default corpus."""
-    from sae.corpus import open_corpus
-    from sae.lm import resolve_model
+    from sae.activations.corpus import open_corpus
+    from sae.activations.lm import resolve_model
 
     if args.model:
         print(f"model {args.model}: {resolve_model(args.model)}")
@@ -130,10 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    from sae.evaluate import EvalConfig
+    from sae.evaluation.evaluate import EvalConfig
     from sae.report.data import ReportConfig
-    from sae.sweep import SweepConfig
-    from sae.train import TrainConfig
+    from sae.training.sweep import SweepConfig
+    from sae.training.train import TrainConfig
 
     configured: list[tuple[str, type, Callable[[argparse.Namespace], None], str]] = [
         ("harvest", HarvestConfig, run_harvest,

@@ -23,7 +23,7 @@ import torch
 if not torch.cuda.is_available():  # Triton kernels run on the CPU through the interpreter
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from sae.lm import LanguageModel, default_model_dir, load_lm
+from sae.activations.lm import LanguageModel, default_model_dir, load_lm
 from tests.helpers import DOCUMENTS, HOSTILE_TEXT, harvest_tiny, index_tiny, sae_from_cache
 
 

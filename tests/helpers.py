@@ -37,7 +37,7 @@ HOSTILE_TEXT = (
 
 def harvest_tiny(model_dir: Path, corpus: Path, out: Path, *, tokens: int) -> Path:
     """Layer 2 of the tiny model over `corpus`: contexts of 17 tokens, shards of 32, fp32."""
-    from sae.harvest import HarvestConfig, harvest
+    from sae.activations.harvest import HarvestConfig, harvest
 
     cfg = HarvestConfig(
         out=str(out),
@@ -57,7 +57,7 @@ def sae_from_cache(cache_root: Path, model_dir: Path, out: Path, *, n_latents: i
     """A k=4 SAE for a tiny-model cache, initialised from all of its data, saved to `out`."""
     import torch
 
-    from sae.cache import ActivationCache
+    from sae.activations.cache import ActivationCache
     from sae.config import SaeConfig
     from sae.model import SparseAutoencoder
 
@@ -115,7 +115,7 @@ def index_rows(
 
 def trained_tiny_sae(out: Path, acts: Path, *, steps: int) -> Path:
     """A 32-latent, k=4 SAE trained for `steps` steps of 128 tokens on a tiny cache."""
-    from sae.train import TrainConfig, train
+    from sae.training.train import TrainConfig, train
 
     cfg = TrainConfig(
         out=str(out), acts=str(acts), latents=32, k=4, batch_size=128, tokens=128 * steps,

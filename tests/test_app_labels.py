@@ -22,7 +22,7 @@ def evaluated_client(tmp_path_factory: pytest.TempPathFactory, tiny_cache: Path)
 
     from app.main import create_app
     from app.settings import AppSettings
-    from sae.evaluate import EvalResult, record_eval
+    from sae.evaluation.evaluate import EvalResult, record_eval
     from tests.helpers import index_tiny, trained_tiny_sae
 
     root = tmp_path_factory.mktemp("labels")

@@ -14,7 +14,7 @@ from safetensors import safe_open
 
 import indexer.cli
 import sae.cli
-from sae import cache
+from sae.activations import cache
 from tests.test_harvest import tree_digest
 
 
@@ -112,7 +112,7 @@ def test_rerunning_harvest_recomputes_a_damaged_shard_and_says_so(
 ) -> None:
     shard = cache.shard_path(acts, 2)
     shard.unlink() if damage == "missing" else truncate(shard)
-    with caplog.at_level(logging.INFO, logger="sae.harvest"):
+    with caplog.at_level(logging.INFO, logger="sae.activations.harvest"):
         assert harvest_again(acts) == 0
     assert shard_content(shard) == shard_content(cache.shard_path(tiny_cache, 2))
     messages = " ".join(r.getMessage() for r in caplog.records)

@@ -17,11 +17,11 @@ import app.cli
 import indexer.cli
 import sae.cli
 from indexer.config import BuildConfig
-from sae.evaluate import EvalConfig
-from sae.harvest import HarvestConfig
+from sae.activations.harvest import HarvestConfig
+from sae.evaluation.evaluate import EvalConfig
 from sae.report.data import ReportConfig
-from sae.sweep import SweepConfig
-from sae.train import TrainConfig
+from sae.training.sweep import SweepConfig
+from sae.training.train import TrainConfig
 
 BIN = Path(sys.executable).parent
 

@@ -21,15 +21,15 @@ import indexer.cli
 import sae
 import sae.cli
 from indexer.config import BuildConfig
+from sae.activations.harvest import HarvestConfig
 from sae.config import SaeConfig
 from sae.errors import AtlasError
-from sae.evaluate import EvalConfig
+from sae.evaluation.evaluate import EvalConfig
 from sae.formats import save_saelens
-from sae.harvest import HarvestConfig
 from sae.model import SparseAutoencoder
 from sae.report.data import ReportConfig
-from sae.sweep import SweepConfig
-from sae.train import TrainConfig
+from sae.training.sweep import SweepConfig
+from sae.training.train import TrainConfig
 
 # --- every config dataclass checks its field types ------------------------------------------
 
@@ -129,7 +129,7 @@ def test_sae_eval_refuses_a_fractional_k_before_loading_the_model(
     def no_model(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("the model was loaded before the SAE's config was checked")
 
-    monkeypatch.setattr("sae.evaluate.load_lm", no_model)
+    monkeypatch.setattr("sae.evaluation.evaluate.load_lm", no_model)
     assert sae.cli.main(["eval", f"--sae={folder}", f"--acts={tiny_cache}"]) == 2
     err = capsys.readouterr().err
     assert err.strip() == f"error: {folder / 'cfg.json'}: field 'k' must be an int, got 16.5"

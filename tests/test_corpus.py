@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoTokenizer
 
-from sae.contexts import build_contexts, contexts_needed
-from sae.corpus import Document, open_corpus
+from sae.activations.contexts import build_contexts, contexts_needed
+from sae.activations.corpus import Document, open_corpus
 from sae.errors import AtlasError
 from tests.helpers import DOCUMENTS
 

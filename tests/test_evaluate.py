@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from sae.cache import ActivationCache
+from sae.activations.cache import ActivationCache
+from sae.activations.lm import load_lm
 from sae.config import SaeConfig
 from sae.errors import AtlasError
-from sae.evaluate import EvalConfig, evaluate, held_out_contexts, run_eval
-from sae.lm import load_lm
+from sae.evaluation.evaluate import EvalConfig, evaluate, held_out_contexts, run_eval
 from sae.model import SparseAutoencoder
-from sae.train import TrainConfig, train
+from sae.training.train import TrainConfig, train
 
 
 def exact_sae(d: int, *, layer: int) -> SparseAutoencoder:
@@ -66,7 +66,7 @@ def test_a_useless_sae_costs_as_much_as_zero_ablation(
 @pytest.fixture(scope="module")
 def sentence_cache(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
     """A cache of 300 activations from a corpus of about 6,000 tokens that never repeats."""
-    from sae.harvest import HarvestConfig, harvest
+    from sae.activations.harvest import HarvestConfig, harvest
 
     corpus = tmp_path_factory.mktemp("sentences") / "corpus.txt"
     corpus.write_text(
@@ -155,7 +155,7 @@ def test_eval_refuses_an_sae_of_another_layer(tmp_path: Path, tiny_cache: Path) 
 
 
 def test_splicing_keeps_attention_sinks_as_computed() -> None:
-    from sae.evaluate import _splice
+    from sae.evaluation.evaluate import _splice
 
     hidden = torch.ones(2, 5, 4)
     hidden[1, 3] *= 1000  # a sink-like token in the middle of a context

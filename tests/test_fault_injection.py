@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 import indexer.cli
 import sae.cli
 from indexer import schema
-from sae import cache
+from sae.activations import cache
 from tests import faults
 from tests.helpers import DOCUMENTS, index_rows
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sae.findings import (
+from sae.report.findings import (
     explanations_improve,
     findings,
     mitigations_prevent_dead_latents,

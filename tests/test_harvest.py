@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from sae import cache
-from sae.cache import ActivationCache
+from sae.activations import cache
+from sae.activations.cache import ActivationCache
+from sae.activations.harvest import HarvestConfig, harvest
+from sae.activations.lm import LanguageModel
 from sae.errors import AtlasError
-from sae.harvest import HarvestConfig, harvest
-from sae.lm import LanguageModel
 from tests.helpers import DOCUMENTS
 
 

@@ -14,7 +14,7 @@ import sae
 from indexer.build import build
 from indexer.config import BuildConfig
 from indexer.hashing import pair_hash
-from sae.cache import ActivationCache
+from sae.activations.cache import ActivationCache
 
 
 def small_config(tiny_sae: Path, tiny_cache: Path, out: Path, **kw: Any) -> BuildConfig:
@@ -208,7 +208,7 @@ def test_a_small_quantile_sample_is_a_hash_chosen_uniform_sample(
 
 
 def test_weights_tables_match_brute_force(tiny_index: Path, dense: Dense) -> None:
-    from sae.lm import load_lm
+    from sae.activations.lm import load_lm
 
     model = dense.model
     (source,) = query(tiny_index, "SELECT model FROM build")[0]

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sae.errors import AtlasError
-from sae.lm import (
+from sae.activations.lm import (
     LanguageModel,
     check_layer,
     load_config,
@@ -16,6 +15,7 @@ from sae.lm import (
     next_token_loss,
     residual_stream,
 )
+from sae.errors import AtlasError
 from tests.helpers import ENGLISH
 
 

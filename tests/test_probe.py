@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from sae.probe import best_single_latent_probe, probe_metric
-from sae.probe_tasks import TASKS, label_contexts
+from sae.evaluation.probe import best_single_latent_probe, probe_metric
+from sae.evaluation.probe_tasks import TASKS, label_contexts
 
 
 def labelled(tokens: list[str], task: str) -> list[str]:

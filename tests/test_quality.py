@@ -1,4 +1,4 @@
-"""Feature-quality metrics (sae/quality.py) and the ReLU baseline SAE: cases with known answers."""
+"""Feature-quality metrics (sae/evaluation/quality.py) and the ReLU baseline SAE: known answers."""
 
 from __future__ import annotations
 
@@ -8,12 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from sae.cache import ActivationCache
+from sae.activations.cache import ActivationCache
+from sae.activations.lm import load_lm, residual_stream
 from sae.config import SaeConfig
-from sae.formats import load
-from sae.lm import load_lm, residual_stream
-from sae.model import SparseAutoencoder
-from sae.quality import (
+from sae.evaluation.quality import (
     Codes,
     CodeSample,
     ablation_sparsity,
@@ -24,7 +22,9 @@ from sae.quality import (
     load_code_sample,
     rare_fraction,
 )
-from sae.train import TrainConfig, train
+from sae.formats import load
+from sae.model import SparseAutoencoder
+from sae.training.train import TrainConfig, train
 
 
 def test_effect_sparsity_is_one_over_size_for_one_logit_and_one_for_all() -> None:
@@ -202,7 +202,7 @@ def test_code_sample_type_is_what_encode_reads() -> None:
 def test_latents_that_can_never_fire_are_counted_dead(
     tmp_path: Path, tiny_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sae.sweep import final_dead_fraction
+    from sae.training.sweep import final_dead_fraction
 
     original = SparseAutoencoder.init_from_data
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from sae import sweep as sweep_module
-from sae.scaling import fit_joint, fit_power_law
-from sae.sweep import RunSpec, SweepConfig, sweep
+from sae.report.scaling import fit_joint, fit_power_law
+from sae.training import sweep as sweep_module
+from sae.training.sweep import RunSpec, SweepConfig, sweep
 
 
 def test_power_law_fit_recovers_known_parameters() -> None:
@@ -108,9 +108,9 @@ def test_shared_clean_pass_and_ablation_losses_equal_computing_them_per_run(
     tiny_cache: Path, tiny_sae: Path, tiny_model_dir: Path
 ) -> None:
     from sae import load
-    from sae.cache import ActivationCache
-    from sae.evaluate import clean_pass, evaluate, held_out_contexts
-    from sae.lm import load_lm
+    from sae.activations.cache import ActivationCache
+    from sae.activations.lm import load_lm
+    from sae.evaluation.evaluate import clean_pass, evaluate, held_out_contexts
 
     cache, lm, model = (
         ActivationCache(tiny_cache),
@@ -203,7 +203,7 @@ def test_workers_share_the_runs_and_record_each_once(tmp_path: Path, tiny_cache:
 
 def test_results_skip_a_cut_last_line_and_name_a_corrupt_one(tmp_path: Path) -> None:
     from sae.errors import AtlasError
-    from sae.sweep_results import read_results
+    from sae.report.results import read_results
 
     (tmp_path / "results.jsonl").write_text('{"name": "a"}\n{"name": "b"}\n{"name": "c", "nm')
     assert [row["name"] for row in read_results(tmp_path)] == ["a", "b"]

@@ -15,11 +15,11 @@ import pytest
 import torch
 
 import sae
-from sae.cache import ActivationCache
-from sae.data import ShuffledTokens
+from sae.activations.cache import ActivationCache
 from sae.errors import AtlasError
 from sae.model import unit_norm_check
-from sae.train import TrainConfig, train
+from sae.training.batches import ShuffledTokens
+from sae.training.train import TrainConfig, train
 
 SMALL = dict(
     latents=64,
@@ -42,7 +42,7 @@ def small_run(tiny_cache: Path, out: Path, **kw: Any) -> TrainConfig:
 
 def interrupt_at_step(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
     """Make training raise KeyboardInterrupt when it starts step `step` (counting from 1)."""
-    import sae.train as train_module
+    import sae.training.train as train_module
 
     real_step, calls = train_module._step, {"n": 0}
 
@@ -162,7 +162,7 @@ def test_two_processes_train_like_one(tmp_path: Path, tiny_cache: Path) -> None:
 def test_attention_sink_tokens_are_left_out_of_training(tmp_path: Path, tiny_cache: Path) -> None:
     import shutil
 
-    from sae import cache as cache_module
+    from sae.activations import cache as cache_module
 
     planted = tmp_path / "acts"
     shutil.copytree(tiny_cache, planted)
@@ -208,7 +208,7 @@ def test_training_streams_from_the_model_without_a_cache(
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(" ".join(f"{doc} ({i})" for i, doc in enumerate(DOCUMENTS * 3)))
-    import sae.stream as stream_module
+    import sae.training.stream as stream_module
 
     forwards = {"n": 0}
     real_forward = stream_module.residual_stream

@@ -13,17 +13,17 @@ import torch
 from safetensors.torch import load_file
 
 import sae.cli
-from sae import cache
-from sae.cache import ActivationCache
+from sae.activations import cache
+from sae.activations.cache import ActivationCache
+from sae.activations.harvest import HarvestConfig, harvest
 from sae.config import SaeConfig
-from sae.data import GroupSource, ShuffledTokens, batches_from_groups
 from sae.errors import AtlasError
 from sae.formats import load_ours
 from sae.formats.saelens import save_saelens
-from sae.harvest import HarvestConfig, harvest
-from sae.memory import training_memory
 from sae.model import SparseAutoencoder
-from sae.train import fit_batch_size
+from sae.training.batches import GroupSource, ShuffledTokens, batches_from_groups
+from sae.training.memory import training_memory
+from sae.training.train import fit_batch_size
 from tests.helpers import DOCUMENTS, harvest_tiny
 
 GIB = 1 << 30
@@ -62,7 +62,7 @@ def test_a_cache_smaller_than_one_batch_trains_in_batches_of_what_there_is(
         ActivationCache(small_cache), batch_size=1, max_norm_ratio=10
     ).tokens_per_epoch
     out = tmp_path / "sae"
-    with caplog.at_level(logging.INFO, logger="sae.train"):
+    with caplog.at_level(logging.INFO, logger="sae.training.train"):
         assert train_cli(small_cache, out) == 0  # the default batch of 4,096 tokens
     said = [r.getMessage() for r in caplog.records if "fewer than one batch" in r.getMessage()]
     assert said == [

@@ -240,7 +240,7 @@ def _parameters(sae: SparseAutoencoder) -> tuple[Tensor, Tensor, Tensor, Tensor]
 
 def saelens_config(cfg: SaeConfig, normalize: str) -> dict[str, Any]:
     """The cfg.json of SAELens's TopKSAEConfig.to_dict(), with what we know of provenance."""
-    from sae.lm import DEFAULT_MODEL, DEFAULT_MODEL_ID
+    from sae.activations.lm import DEFAULT_MODEL, DEFAULT_MODEL_ID
 
     model = DEFAULT_MODEL_ID if cfg.model == DEFAULT_MODEL else cfg.model
     if cfg.layer is not None:

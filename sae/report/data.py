@@ -16,11 +16,10 @@ from typing import Any
 from sae.config import check_field_types
 from sae.errors import AtlasError
 from sae.files import write_atomic, write_json
-from sae.findings import findings
 from sae.outputs import check_output_file, check_output_folder
+from sae.report.findings import findings
 from sae.report.html import HTML_START, render_html
-from sae.run_folder import read_metrics
-from sae.sweep_results import FITS, RESULTS, fits, read_results
+from sae.report.results import FITS, RESULTS, fits, read_metrics, read_results
 
 TRAINING_POINTS = 300  # training-curve points kept in a report
 

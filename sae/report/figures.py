@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
-from sae.findings import VARIANTS
+from sae.report.findings import VARIANTS
 from sae.report.svg import PALETTE, Series, Style, bars, chart, finite
 
 Row = Mapping[str, Any]

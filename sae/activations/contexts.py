@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from sae.corpus import Document
+from sae.activations.corpus import Document
 from sae.errors import AtlasError
 
 TOKENIZE_BATCH = 64  # documents per tokenizer call (the Rust tokenizer parallelises a batch)

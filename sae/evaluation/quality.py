@@ -2,7 +2,7 @@
 
 - Explanations: N2G n-gram explanations (sae/explain.py) mined on 80% of a sample of cached
   contexts and scored on the other 20%; the medians of their precision and recall.
-- Probes: the best single-latent logistic probe on tasks read off the corpus (sae/probe.py).
+- Probes: the best single-latent logistic probe on tasks read off the corpus (probe.py).
 - Rare latents: the share firing on fewer than 1 in 10,000 tokens of that sample.
 - Ablation sparsity: ablate each active latent at a position (subtract its contribution to the
   reconstruction from the real activation), run the rest of the model and take the change of
@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sae.cache import ActivationCache
+from sae.activations.cache import ActivationCache
+from sae.activations.lm import LanguageModel, logits_with
+from sae.evaluation.probe import probe_metric
 from sae.explain import TokenSample, explain_latents
-from sae.lm import LanguageModel, logits_with
 from sae.model import SparseAutoencoder
-from sae.probe import probe_metric
 
 NOISE = 1e-4  # logit changes below this share of the largest logit are rounding, not effects
 HELD_OUT_EVERY = 5  # every fifth context of the sample scores the explanations (20%)

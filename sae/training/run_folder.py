@@ -18,9 +18,9 @@ import torch
 
 from sae.files import write_atomic
 from sae.model import SparseAutoencoder
+from sae.report.results import METRICS
 
 CHECKPOINT = "checkpoint"
-METRICS = "metrics.jsonl"
 
 
 def is_training_run(folder: Path) -> bool:
@@ -39,21 +39,6 @@ def remove_unfinished(out: Path) -> None:
     shutil.rmtree(out / f".{CHECKPOINT}.tmp", ignore_errors=True)
     if not any(out.iterdir()):
         out.rmdir()
-
-
-def read_metrics(folder: Path) -> list[dict[str, Any]]:
-    """Every step's record in `folder/metrics.jsonl` (none when absent); a line cut short by a
-    killed run is skipped."""
-    path = folder / METRICS
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
 
 
 def keep_metrics_until(path: Path, step: int) -> None:

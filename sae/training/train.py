@@ -23,23 +23,23 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from sae.cache import STORAGE_DTYPES, ActivationCache
+from sae.activations.cache import STORAGE_DTYPES, ActivationCache
 from sae.config import Activation, Normalize, SaeConfig, check_field_types
-from sae.data import ShuffledTokens
 from sae.distributed import rank_and_world
 from sae.errors import AtlasError
-from sae.memory import check_training_fits, training_memory
 from sae.model import ForwardOutput, SparseAutoencoder, check_finite, default_learning_rate
 from sae.outputs import check_not_inside, check_output_folder
-from sae.run_folder import (
-    METRICS,
+from sae.report.results import METRICS
+from sae.training.batches import ShuffledTokens
+from sae.training.memory import check_training_fits, training_memory
+from sae.training.run_folder import (
     is_training_run,
     keep_metrics_until,
     last_checkpoint,
     remove_unfinished,
     save_checkpoint,
 )
-from sae.stream import StreamedTokens
+from sae.training.stream import StreamedTokens
 from sae.version import VERSION
 
 log = logging.getLogger(__name__)
@@ -170,9 +170,9 @@ def open_data(cfg: TrainConfig) -> DataSource:
             shuffled.tokens_per_epoch,
             STORAGE_DTYPES.get(str(manifest.get("dtype")), torch.float32).itemsize,
         )
-    from sae.contexts import build_contexts, contexts_needed
-    from sae.corpus import open_corpus
-    from sae.lm import check_layer, hook_description, load_config, load_lm
+    from sae.activations.contexts import build_contexts, contexts_needed
+    from sae.activations.corpus import open_corpus
+    from sae.activations.lm import check_layer, hook_description, load_config, load_lm
 
     check_layer(load_config(cfg.model), cfg.layer, name=cfg.model)  # before loading weights
     lm = load_lm(cfg.model, device=cfg.device)

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sae.data import GroupSource, batches_from_groups
-from sae.lm import LanguageModel, residual_stream
+from sae.activations.lm import LanguageModel, residual_stream
+from sae.training.batches import GroupSource, batches_from_groups
 
 
 class StreamedTokens:

@@ -18,11 +18,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import RowMapping
 
-from app import db_detail, db_search
 from app import records as r
-from app.db_check import read_every_table
-from app.db_rows import SORT_COLUMNS, latent_filters, summary
-from app.db_slices import ExampleColumns, LatentSlices
+from app.db import detail as db_detail
+from app.db import search as db_search
+from app.db.check import read_every_table
+from app.db.rows import SORT_COLUMNS, latent_filters, summary
+from app.db.slices import ExampleColumns, LatentSlices
 from app.errors import STORAGE_ERRORS, AtlasAppError, damaged_index
 from app.filters import escaped_token
 from indexer import schema as s

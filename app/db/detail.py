@@ -6,8 +6,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from app import records as r
-from app.db_rows import EXAMPLES_CAP
-from app.db_slices import ExampleColumns, LatentSlices
+from app.db.rows import EXAMPLES_CAP
+from app.db.slices import ExampleColumns, LatentSlices
 
 TokenText = Callable[[int], str]
 

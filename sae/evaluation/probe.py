@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from sae.probe_tasks import TASKS, label_contexts
+from sae.evaluation.probe_tasks import TASKS, label_contexts
 
 L2 = 1e-4  # on the standardised weight and the bias: keeps separable tasks finite
 NEWTON_STEPS = 100

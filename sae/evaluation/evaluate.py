@@ -7,7 +7,7 @@ Metrics on held-out contexts (contexts of the same corpus that are not in the ca
 - downstream (the paper's §4.1): the model's next-token loss when the layer's output is replaced
   by the SAE's reconstruction, next to the loss with the layer zero- and mean-ablated, and the
   KL divergence of the spliced model's next-token distribution from the clean one;
-- with `quality` on, the feature-quality metrics of sae/quality.py: explanation precision and
+- with `quality` on, the feature-quality metrics of quality.py: explanation precision and
   recall, the probe score, ablation sparsity.
 Attention sinks — position 0, and tokens whose norm is far above the median (the SAE's
 `max_norm_ratio`) — are never replaced and not scored: the SAE was not trained on them.
@@ -28,15 +28,20 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sae.cache import ActivationCache
+from sae.activations.cache import ActivationCache
+from sae.activations.contexts import build_contexts
+from sae.activations.corpus import open_corpus
+from sae.activations.lm import (
+    LanguageModel,
+    load_lm,
+    logits_with,
+    next_token_loss_of,
+    vocab_size,
+    vocabulary,
+)
 from sae.config import check_field_types
-from sae.contexts import build_contexts
-from sae.corpus import open_corpus
 from sae.errors import AtlasError
-from sae.files import write_json
-from sae.lm import LanguageModel, load_lm, logits_with, next_token_loss_of, vocab_size, vocabulary
-from sae.model import SparseAutoencoder
-from sae.quality import (
+from sae.evaluation.quality import (
     ablation_sparsity,
     encode_sample,
     explanation_quality,
@@ -44,6 +49,8 @@ from sae.quality import (
     probe_quality,
     rare_fraction,
 )
+from sae.files import write_json
+from sae.model import SparseAutoencoder
 
 
 @dataclass
@@ -56,7 +63,9 @@ class EvalConfig:
     batch_size: int = field(default=16, metadata={"help": "contexts per forward pass"})
     quality: bool = field(
         default=True,
-        metadata={"help": "also explanations, probes and ablation sparsity (sae/quality.py)"},
+        metadata={
+            "help": "also explanations, probes and ablation sparsity (sae/evaluation/quality.py)"
+        },
     )
     sample_contexts: int = field(
         default=1024, metadata={"help": "cached contexts for explanations and probes"}

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from app import records as r
-from app.db_rows import connection_rows, explanation_matches, like_pattern, summary
+from app.db.rows import connection_rows, explanation_matches, like_pattern, summary
 from indexer import schema as s
 
 MAX_TOKENS = 10  # vocabulary matches shown, each with its latents

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sae.cache import ActivationCache
+from sae.activations.cache import ActivationCache
 from sae.errors import AtlasError
 
 

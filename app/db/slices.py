@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from app import records as r
-from app.db_rows import RELATED_CAP, summary
+from app.db.rows import RELATED_CAP, summary
 from indexer import schema as s
 
 TokenText = Callable[[int], str]

@@ -1,6 +1,8 @@
-"""What a sweep records in its `--out` folder, and how it is read back: `results.jsonl` (one
-line per finished run), `sweep.json` (its settings) and `fits.json` (the scaling laws fitted to
-its rows). The report and the index read sweeps through here, without the training code.
+"""What runs and sweeps record, and how it is read back: an SAE folder's `metrics.jsonl` (one
+line per logged training step), and a sweep folder's `results.jsonl` (one line per finished
+run), `sweep.json` (its settings) and `fits.json` (the scaling laws fitted to its rows).
+Training writes these; the report and the index read them through here, without the training
+code.
 """
 
 from __future__ import annotations
@@ -10,11 +12,27 @@ from pathlib import Path
 from typing import Any
 
 from sae.errors import AtlasError
-from sae.scaling import fit_joint, fit_power_law
+from sae.report.scaling import fit_joint, fit_power_law
 
+METRICS = "metrics.jsonl"  # one line per logged step of `sae train`, in the SAE folder
 RESULTS = "results.jsonl"
 SETTINGS = "sweep.json"
 FITS = "fits.json"
+
+
+def read_metrics(folder: Path) -> list[dict[str, Any]]:
+    """Every step's record in `folder/metrics.jsonl` (none when absent); a line cut short by a
+    killed run is skipped."""
+    path = folder / METRICS
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
 
 
 def read_results(out: Path) -> list[dict[str, Any]]:

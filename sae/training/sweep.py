@@ -6,7 +6,7 @@ Each run is a normal SAE folder `OUT/n{n}_k{k}` (so `sae eval`, `indexer build` 
 it as it is). Finished runs are recorded one JSON line each in `OUT/results.jsonl` as they end: a
 killed sweep resumes with the runs it has not finished, and an interrupted run resumes from its
 last checkpoint. At the end `OUT/results.csv` holds the table and `OUT/fits.json` the fitted
-scaling laws (sae/scaling.py) with their errors.
+scaling laws (sae/report/scaling.py) with their errors.
 """
 
 from __future__ import annotations
@@ -26,12 +26,11 @@ import torch
 
 from sae.config import check_field_types
 from sae.errors import AtlasError
-from sae.evaluate import Evaluator, Quality
+from sae.evaluation.evaluate import Evaluator, Quality
 from sae.files import write_json
 from sae.outputs import check_not_inside, check_output_folder
-from sae.run_folder import read_metrics
-from sae.sweep_results import FITS, RESULTS, SETTINGS, fits, read_results
-from sae.train import TrainConfig, train
+from sae.report.results import FITS, RESULTS, SETTINGS, fits, read_metrics, read_results
+from sae.training.train import TrainConfig, train
 
 COLUMNS = (
     "name",
@@ -272,7 +271,14 @@ def run_workers(out: Path, workers: int) -> None:
     processes = []
     for share in range(workers):
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(share)}
-        command = [sys.executable, "-m", "sae.sweep", str(out / SETTINGS), str(share), str(workers)]
+        command = [
+            sys.executable,
+            "-m",
+            "sae.training.sweep",
+            str(out / SETTINGS),
+            str(share),
+            str(workers),
+        ]
         processes.append(subprocess.Popen(command, env=env))
     failed = [i for i, process in enumerate(processes) if process.wait() != 0]
     if failed:

@@ -15,10 +15,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from sae.cache import ActivationCache
-from sae.contexts import build_contexts, contexts_needed
-from sae.corpus import open_corpus
-from sae.lm import LanguageModel, hook_description, residual_stream
+from sae.activations.cache import ActivationCache
+from sae.activations.contexts import build_contexts, contexts_needed
+from sae.activations.corpus import open_corpus
+from sae.activations.lm import LanguageModel, hook_description, residual_stream
 
 
 @dataclass(frozen=True)

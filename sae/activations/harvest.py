@@ -19,13 +19,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sae import cache
-from sae.config import check_field_types
-from sae.contexts import Contexts, build_contexts, contexts_needed
-from sae.corpus import open_corpus
-from sae.errors import AtlasError
-from sae.files import write_json
-from sae.lm import (
+from sae.activations import cache
+from sae.activations.contexts import Contexts, build_contexts, contexts_needed
+from sae.activations.corpus import open_corpus
+from sae.activations.lm import (
     LanguageModel,
     check_layer,
     hook_description,
@@ -33,6 +30,9 @@ from sae.lm import (
     load_lm,
     residual_stream,
 )
+from sae.config import check_field_types
+from sae.errors import AtlasError
+from sae.files import write_json
 from sae.outputs import check_output_folder
 from sae.version import VERSION
 
