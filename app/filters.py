@@ -108,9 +108,8 @@ LABELS = {
     # last training step
     "step": "Step",
     "tokens": "Tokens seen",
-    "fvu": "Normalized MSE (training batch)",
     "auxk_loss": "AuxK loss",
-    "multi_topk_fvu": "Multi-TopK normalized MSE",
+    "multi_topk_nmse": "Multi-TopK normalized MSE",
     "l1": "L1 of the codes",
     "lr": "Learning rate",
     "tokens_per_s": "Tokens per second",

@@ -18,6 +18,9 @@ import torch
 from app import records as r
 from app.errors import AtlasAppError
 from app.settings import AppSettings
+from indexer.schema import sink_limit_of
+from sae.codes import is_firing
+from sae.sinks import is_sink
 
 SINK = "position 0 is the attention sink: it is never encoded"
 OVER_LIMIT = "its norm exceeds the attention-sink limit of the index: not encoded"
@@ -120,13 +123,12 @@ class LiveEncoder:
         with torch.inference_mode():
             x = residual_stream(loaded.lm, input_ids, self.build.layer)[0].float()  # (T, d)
             top_acts, top_indices = loaded.sae.encode(x.to(loaded.sae.device))  # (T, k)
-        norms = x.norm(dim=-1)  # (T,)
-        limit = self.build.sink_norm_limit
+        over = is_sink(x, sink_limit_of(self.build.sink_norm_limit)).tolist()  # (T,)
         skipped: list[str | None] = []
         for position in range(len(ids)):
             if position == 0:
                 skipped.append(SINK)
-            elif limit > 0 and float(norms[position]) > limit:
+            elif over[position]:
                 skipped.append(OVER_LIMIT)
             else:
                 skipped.append(None)
@@ -161,5 +163,6 @@ class LiveEncoder:
 
 def _top_pairs(acts: torch.Tensor, indices: torch.Tensor) -> list[tuple[int, float]]:
     """The active latents of one token, strongest first (zeros dropped)."""
-    pairs = [(int(i), float(a)) for a, i in zip(acts.tolist(), indices.tolist(), strict=True)]
-    return sorted((p for p in pairs if p[1] > 0), key=lambda p: -p[1])
+    firing = is_firing(acts)
+    pairs = zip(indices[firing].tolist(), acts[firing].tolist(), strict=True)
+    return sorted(((int(i), float(a)) for i, a in pairs), key=lambda p: -p[1])

@@ -9,9 +9,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-SortKey = Literal["id", "density", "max_activation", "precision", "recall", "n_fires"]
+from indexer.schema import FLAGS
+
+# The columns of `latents` the table sorts by, under their own names.
+SortKey = Literal[
+    "latent_id",
+    "density",
+    "max_activation",
+    "explanation_precision",
+    "explanation_recall",
+    "n_fires",
+]
 SortOrder = Literal["asc", "desc"]
-FLAGS = ("dead", "dense", "special", "repeat")
 
 
 @dataclass(frozen=True)
@@ -66,7 +75,7 @@ class LatentSummary:
 
 
 @dataclass(frozen=True)
-class LatentPage:
+class LatentTablePage:
     """A page of the latent table and how many latents match in all."""
 
     total: int
@@ -140,7 +149,9 @@ class TokenCount:
 
 
 @dataclass(frozen=True)
-class Pattern:
+class PatternRow:
+    """An explanation pattern of a latent as its page lists it (`explanation_patterns` row)."""
+
     pattern: str
     precision: float | None
     recall: float | None
@@ -162,7 +173,7 @@ class LatentDetail:
     neighbours: list[RelatedLatent]
     coactive: list[RelatedLatent]
     top_tokens: list[TokenCount]
-    patterns: list[Pattern]
+    patterns: list[PatternRow]
 
 
 @dataclass(frozen=True)
@@ -217,13 +228,13 @@ class LiveResult:
 class LatentQuery:
     """What the latent table shows: sort, filters and the page."""
 
-    sort: SortKey = "id"
+    sort: SortKey = "latent_id"
     order: SortOrder = "asc"
     offset: int = 0
     limit: int = 50
     q: str = ""
-    flags: tuple[str, ...] = ()
-    exclude_flags: tuple[str, ...] = ()
+    flags: tuple[str, ...] = ()  # flags a latent must have (URL: `flag`)
+    not_flags: tuple[str, ...] = ()  # flags it must not have (URL: `not_flag`)
     min_density: float | None = None
     max_density: float | None = None
 
@@ -232,7 +243,7 @@ class LatentQuery:
             raise ValueError(f"offset must not be negative, got {self.offset}")
         if self.limit <= 0:
             raise ValueError(f"limit must be positive, got {self.limit}")
-        for name in ("flags", "exclude_flags"):
+        for name in ("flags", "not_flags"):
             unknown = [f for f in getattr(self, name) if f not in FLAGS]
             if unknown:
                 raise ValueError(f"{name}: unknown flag {unknown[0]!r}; flags are {FLAGS}")

@@ -48,8 +48,8 @@ def main() -> None:
     mask = dead_mask(args.latents, args.dead_fraction) if args.auxk == "on" else None
 
     def step() -> None:
-        out = model(x, dead_mask=mask, fvu_denominator=1.0)
-        (out.fvu + cfg.auxk_coef * out.auxk_loss).backward()
+        out = model(x, dead_mask=mask, nmse_denominator=1.0)
+        (out.nmse + cfg.auxk_coef * out.auxk_loss).backward()
         model.remove_gradient_parallel_to_decoder_directions()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

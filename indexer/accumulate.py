@@ -6,8 +6,8 @@ chunk's sparse codes to `Accumulators.update`. Nothing here grows with the corpu
 - `Reservoir`: for every latent, the best `capacity` (latent, context) pairs under an order —
   the largest activation for top examples, the smallest hash for a uniform sample of the
   contexts it fires in (bottom-k sampling), from which rank-quantile bands are cut at the end;
-- `TokenSample`: every token's code in a fixed, hash-chosen share of the contexts, for
-  co-activation, token tables and the scoring of explanations.
+- `TokenSampler`: every token's code in a fixed, hash-chosen share of the contexts, for
+  co-activation, token tables and the explanations (an `explain.TokenSample` at the end).
 Each merges with another built on other chunks to exactly what one pass over both would give
 (ties broken by context id; hashes depend only on ids), so sharded builds equal single ones.
 """
@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from indexer.fires import Chunk, Fires
-from indexer.hashing import in_token_sample, pair_hash
+from indexer.fires import Chunk, ContextPairs
+from indexer.hashing import held_out, in_token_sample, pair_hash
 from indexer.reservoir import Reservoir
+from sae.explain import TokenSample
 
 HIST_LOG10_MIN, HIST_LOG10_MAX, HIST_PER_DECADE = -4.0, 4.0, 20
 HIST_BINS = int((HIST_LOG10_MAX - HIST_LOG10_MIN) * HIST_PER_DECADE)
@@ -49,7 +50,7 @@ class LatentStats:
         self.special_fires, self.repeat_fires = np.zeros(n, np.int64), np.zeros(n, np.int64)
         self.histogram = np.zeros((n, HIST_BINS), np.int64)
 
-    def update(self, chunk: Chunk, fires: Fires, *, special_ids: np.ndarray) -> None:
+    def update(self, chunk: Chunk, fires: ContextPairs, *, special_ids: np.ndarray) -> None:
         n, lat, act = self.n_latents, fires.latent, fires.activation
         self.n_fires += np.bincount(lat, minlength=n)
         self.n_contexts += np.bincount(fires.pair_latent, minlength=n)
@@ -90,8 +91,9 @@ def histogram_edges() -> np.ndarray:
 
 
 @dataclass
-class TokenSample:
-    """Every token's sparse code in the contexts whose hash falls in a fixed share."""
+class TokenSampler:
+    """Collects every token's sparse code in the contexts whose hash falls in a fixed share:
+    O(fraction x tokens x k), which `indexer build` keeps near `--token-sample` tokens."""
 
     fraction: float  # share of contexts kept
     context_ids: list[np.ndarray] = field(default_factory=list)
@@ -108,21 +110,22 @@ class TokenSample:
             self.activations.append(chunk.activations[keep].astype(np.float32))
             self.indices.append(chunk.indices[keep].astype(np.int32))
 
-    def merge(self, other: TokenSample) -> None:
+    def merge(self, other: TokenSampler) -> None:
         for name in ("context_ids", "token_ids", "activations", "indices"):
             getattr(self, name).extend(getattr(other, name))
 
-    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(context ids (S,), tokens (S, T), activations, indices (S, T-1, k)) by context id."""
+    def sample(self, *, held_out_fraction: float) -> TokenSample:
+        """The contexts collected, by context id, with a hash-chosen `held_out_fraction` of
+        them reserved for scoring explanations."""
         if not self.context_ids:
             raise ValueError("the token sample is empty")
         ids = np.concatenate(self.context_ids)
         order = np.argsort(ids, kind="stable")
-        return (
-            ids[order],
-            np.concatenate(self.token_ids)[order],
-            np.concatenate(self.activations)[order],
-            np.concatenate(self.indices)[order],
+        return TokenSample(
+            token_ids=np.concatenate(self.token_ids)[order],
+            indices=np.concatenate(self.indices)[order],
+            activations=np.concatenate(self.activations)[order],
+            held_out=held_out(ids[order], held_out_fraction),
         )
 
 
@@ -133,7 +136,7 @@ class Accumulators:
     stats: LatentStats
     top: Reservoir  # strongest contexts of each latent
     sample: Reservoir  # uniform sample of the contexts each latent fires in
-    tokens: TokenSample
+    tokens: TokenSampler
     special_ids: np.ndarray
 
     @classmethod
@@ -151,12 +154,12 @@ class Accumulators:
             stats=LatentStats(n_latents),
             top=Reservoir(n_latents, top_examples, positions, "strongest"),
             sample=Reservoir(n_latents, quantile_sample, positions, "hash"),
-            tokens=TokenSample(sample_fraction),
+            tokens=TokenSampler(sample_fraction),
             special_ids=special_ids,
         )
 
     def update(self, chunk: Chunk, *, n_tokens: int, n_sink_tokens: int) -> None:
-        fires = Fires.of(chunk, self.stats.n_latents)
+        fires = ContextPairs.of(chunk, self.stats.n_latents)
         self.stats.n_tokens += n_tokens
         self.stats.n_sink_tokens += n_sink_tokens
         self.stats.update(chunk, fires, special_ids=self.special_ids)

@@ -29,14 +29,15 @@ from indexer.config import BuildConfig
 from indexer.encode import encode_chunk
 from indexer.finalize import assemble
 from indexer.store import write_index
-from sae.activations.lm import LanguageModel, check_layer, load_config, load_lm
-from sae.activations.source import ActivationSource, CacheSource, StreamSource
+from sae.activations.lm import LanguageModel, load_config, load_lm
+from sae.activations.source import ActivationSource, CacheSource, open_stream
 from sae.distributed import rank_and_world
 from sae.errors import AtlasError
 from sae.formats import detect
 from sae.model import SparseAutoencoder
 from sae.outputs import check_not_inside, check_output_file
 from sae.report.data import sae_report
+from sae.sinks import sink_limit
 
 DEFAULT_STREAM_TOKENS = 200_000
 
@@ -168,18 +169,17 @@ def _open_source(
         if wanted is None:
             raise AtlasError(f"SAE {cfg.sae} does not record its layer: pass --layer or --acts")
         layer = wanted
-        check_layer(load_config(name), layer, name=name)
-        lm = load_lm(name, device=cfg.device)
-        source = StreamSource(
-            lm,
-            corpus=cfg.corpus,
+        stream = open_stream(
+            name,
             layer=layer,
+            corpus=cfg.corpus,
             tokens=cfg.tokens or DEFAULT_STREAM_TOKENS,
             context_length=cfg.context_length,
             seed=cfg.seed,
+            device=cfg.device,
             chunk_contexts=cfg.chunk_contexts,
         )
-        what = f"model {name}"
+        source, lm, what = stream, stream.lm, f"model {name}"
     if source.d_model != model.cfg.d_in:
         raise AtlasError(
             f"SAE {cfg.sae} reads {model.cfg.d_in}-wide activations but {what} has "
@@ -197,9 +197,9 @@ def _open_source(
 def _sink_limit(cfg: BuildConfig, model: SparseAutoencoder, source: ActivationSource) -> float:
     """The SAE's own sink limit when it records one, else a multiple of the data's median."""
     limit = model.cfg.sink_limit
-    if math.isfinite(limit) or cfg.max_norm_ratio == 0:
+    if math.isfinite(limit) or cfg.max_norm_ratio == 0:  # 0: no limit, no median to compute
         return limit
-    return cfg.max_norm_ratio * source.median_norm()
+    return sink_limit(cfg.max_norm_ratio, source.median_norm())
 
 
 def _read_all(
@@ -344,7 +344,7 @@ def _build_row(
         "n_contexts": len(source.token_ids),
         "n_tokens": acc.stats.n_tokens,
         "n_sink_tokens": acc.stats.n_sink_tokens,
-        "sink_norm_limit": limit if math.isfinite(limit) else -1.0,
+        "sink_norm_limit": schema.stored_sink_limit(limit),
         "token_sample_contexts": metrics["token_sample_contexts"],
         "settings": json.dumps(asdict(cfg)),
         "versions": json.dumps(_versions()),

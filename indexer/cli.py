@@ -27,7 +27,39 @@ def parser() -> argparse.ArgumentParser:
     )
     add_config_arguments(build, BuildConfig)
     build.add_argument("--quiet", action="store_true", help="no progress bar")
+    compare = commands.add_parser(
+        "compare",
+        help="whether two indexes hold the same rows in every table",
+        description="Compare two index files table by table, rows in a canonical order and JSON "
+        "as values; print what differs. Exit status 0: the same rows, 1: they differ.",
+    )
+    compare.add_argument("a", help="an index file")
+    compare.add_argument("b", help="another index file")
+    compare.add_argument(
+        "--ignore",
+        action="append",
+        metavar="COLUMN[.KEY]",
+        help="a column, or a key of a JSON column, to leave out (repeatable; default: when and "
+        "where each build ran: created_at, seconds, settings.out)",
+    )
+    compare.add_argument(
+        "--rel", type=float, default=0.0, help="relative tolerance for floats (default: exact)"
+    )
     return root
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from indexer.compare import VOLATILE, compare, report
+
+    a, b = Path(args.a), Path(args.b)
+    for path in (a, b):
+        if not path.is_file():
+            raise AtlasError(f"{path}: no such index file")
+    differences = compare(a, b, ignore=args.ignore or VOLATILE, rel=args.rel)
+    print("\n".join(report(a, b, differences)))
+    return 1 if differences else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -40,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     quiet_transformers()
     try:
+        if args.command == "compare":
+            return _compare(args)
         cfg = config_from_arguments(BuildConfig, args)
         with process_group():
             summary = build(cfg, progress=not args.quiet)

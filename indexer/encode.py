@@ -9,6 +9,7 @@ import torch
 
 from indexer.accumulate import Chunk
 from sae.model import SparseAutoencoder
+from sae.sinks import is_sink
 
 
 class EncodedChunk(NamedTuple):
@@ -45,7 +46,7 @@ def encode_chunk(
         acts, indices = sae.encode(batch)
         top_acts[start : start + len(batch)] = acts.cpu()
         top_indices[start : start + len(batch)] = indices.cpu()
-        sink[start : start + len(batch)] = batch.norm(dim=-1).cpu() > sink_limit
+        sink[start : start + len(batch)] = is_sink(batch, sink_limit).cpu()
     valid = ~torch.from_numpy(np.isin(token_ids[:, 1:], excluded_ids)).reshape(-1)  # (M,)
     top_acts[~valid | sink] = 0.0
     chunk = Chunk(

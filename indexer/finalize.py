@@ -9,16 +9,16 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from indexer import tables
+from indexer import schema, tables
 from indexer.accumulate import Accumulators
+from indexer.coactivations import TokenTable, coactivations, token_tables
 from indexer.config import BuildConfig
-from indexer.cooccur import TokenTable, coactivations, fired_codes, token_tables
 from indexer.geometry import decoder_neighbours, logit_effects
-from indexer.hashing import held_out
 from indexer.ranking import Ranked
 from sae import explain
 from sae.activations.lm import LanguageModel, vocab_size, vocabulary
 from sae.activations.source import ActivationSource
+from sae.codes import fired
 from sae.model import SparseAutoencoder
 
 
@@ -42,25 +42,23 @@ def assemble(
     n = sae.cfg.n_latents
     w_u, gain = unembedding(lm)
     n_tokens = vocab_size(lm)
-    ids, sample_tokens, sample_acts, sample_indices = acc.tokens.arrays()
+    sample = acc.tokens.sample(held_out_fraction=cfg.held_out)
     # Independent steps run side by side: the GEMMs use both cores, the counting mostly one.
     with ThreadPoolExecutor(max_workers=2) as pool:
         vocab_job = pool.submit(vocabulary, lm, n_tokens)
-        coactive_job = pool.submit(
-            coactivations, sample_acts, sample_indices, n_latents=n, top=cfg.coactive
+        coactivations_job = pool.submit(
+            coactivations, sample.activations, sample.indices, n_latents=n, top=cfg.coactive
         )
         weights_job = pool.submit(_weight_tables, sae, w_u, gain, cfg)
-        fired = fired_codes(sample_tokens, sample_acts, sample_indices)
-        latent_tokens, token_latents = token_tables(fired, vocab_size=n_tokens, top=cfg.top_tokens)
-        texts, special = vocab_job.result()
-        sample = explain.TokenSample(
-            token_ids=sample_tokens,
-            indices=sample_indices,
-            activations=sample_acts,
-            held_out=held_out(ids, cfg.held_out),
+        latent_tokens, token_latents = token_tables(
+            fired(sample.activations, sample.indices),
+            sample.token_ids,
+            vocab_size=n_tokens,
+            top=cfg.top_tokens,
         )
+        texts, special = vocab_job.result()
         explained = _explained(sample, n_latents=n, vocab=texts, cfg=cfg)
-        coactive = coactive_job.result()
+        coactivation = coactivations_job.result()
         promoted, suppressed, near = weights_job.result()
     examples, bands = _examples(acc, n_latents=n, cfg=cfg)
     out = {
@@ -80,13 +78,15 @@ def assemble(
         "logits": _logits(promoted, suppressed),
         "neighbours": tables.ranked_table(near, other="other_id", value="cosine"),
         "coactivations": tables.ranked_table(
-            coactive.ranked, other="other_id", value="jaccard", count=coactive.together
+            coactivation.ranked, other="other_id", value="jaccard", count=coactivation.together
         ),
         "latent_tokens": _token_table(latent_tokens, key="latent_id", other="token_id"),
         "token_latents": _token_table(token_latents, key="token_id", other="latent_id"),
         "explanation_patterns": _patterns(explained.patterns),
     }
-    metrics = _metrics(acc, explained.precision, explained.recall, n_sample_contexts=len(ids))
+    metrics = _metrics(
+        acc, explained.precision, explained.recall, n_sample_contexts=len(sample.token_ids)
+    )
     metrics["explained"] = explained.n_explained
     return out, metrics
 
@@ -159,7 +159,7 @@ def _logits(promoted: Ranked, suppressed: Ranked) -> pa.Table:
             tables.ranked_table(
                 ranked, other="token_id", value="value", kind=[kind] * len(ranked.latent)
             )
-            for kind, ranked in (("promoted", promoted), ("suppressed", suppressed))
+            for kind, ranked in ((schema.PROMOTED, promoted), (schema.SUPPRESSED, suppressed))
         ]
     )
 
@@ -219,7 +219,7 @@ def _metrics(
     acc: Accumulators, precision: np.ndarray, recall: np.ndarray, *, n_sample_contexts: int
 ) -> dict[str, Any]:
     flags = tables.latent_flags(acc.stats)
-    alive = ~flags["dead"]
+    alive = ~flags[schema.DEAD]
     density = flags["density"][alive]
 
     def median(values: np.ndarray) -> float | None:
@@ -229,8 +229,8 @@ def _metrics(
     return {
         "n_latents": int(acc.stats.n_latents),
         "alive": int(alive.sum()),
-        "dead": int(flags["dead"].sum()),
-        "dense": int(flags["dense"].sum()),
+        "dead": int(flags[schema.DEAD].sum()),
+        "dense": int(flags[schema.DENSE].sum()),
         "median_density": median(density),
         "median_explanation_precision": median(precision),
         "median_explanation_recall": median(recall),

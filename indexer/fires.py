@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from sae.codes import fired
+
 
 @dataclass
 class Chunk:
@@ -19,8 +21,9 @@ class Chunk:
 
 
 @dataclass
-class Fires:
-    """Every (token, latent) pair of a chunk where the latent fires, and per-context maxima.
+class ContextPairs:
+    """A chunk's (latent, context) pairs where the latent fires, with each pair's maximum, and
+    the fires (token, latent) they are made of.
 
     Pairs (latent, context) are found through a dense (n, C) grid rather than a sort: scatters
     into it cost O(fires), and its rows give each latent's best pairs of the chunk by top-k.
@@ -42,13 +45,13 @@ class Fires:
         return self.cell // self.n_contexts
 
     @classmethod
-    def of(cls, chunk: Chunk, n_latents: int) -> Fires:
-        n_ctx, positions, k = chunk.activations.shape
-        acts = chunk.activations.reshape(-1)  # (C * (T-1) * k,)
-        fired = np.flatnonzero(acts > 0)  # (E,)
-        act = acts[fired]
-        flat = fired // k  # context * (T-1) + position
-        cell = chunk.indices.reshape(-1)[fired] * n_ctx + flat // positions  # (E,)
+    def of(cls, chunk: Chunk, n_latents: int) -> ContextPairs:
+        """The pairs of a chunk's codes, from every fire in them (sae.codes.fired)."""
+        n_ctx, positions, _ = chunk.activations.shape
+        fires = fired(chunk.activations, chunk.indices)
+        act = fires.activation  # (E,)
+        flat = fires.token  # context * (T-1) + position
+        cell = fires.latent * n_ctx + flat // positions  # (E,)
         grid = torch.zeros(n_latents * n_ctx).scatter_reduce_(
             0, torch.from_numpy(cell), torch.from_numpy(act), "amax"
         )  # (n * C,)

@@ -20,7 +20,7 @@ from typing import Literal, NamedTuple
 import numpy as np
 import torch
 
-from indexer.fires import Fires
+from indexer.fires import ContextPairs
 from indexer.ranking import rank_in_runs
 
 Kind = Literal["strongest", "hash"]
@@ -67,7 +67,7 @@ class Reservoir:
         self.merged = _empty(self.positions, self.kind)
         self._update_bound()
 
-    def offer(self, fires: Fires, order: np.ndarray) -> None:
+    def offer(self, fires: ContextPairs, order: np.ndarray) -> None:
         """Let a chunk's pairs, ordered by `order` (P,), compete for the places.
 
         Candidates are the pairs no worse than the latent's worst kept pair and, when that

@@ -16,6 +16,14 @@ import sqlalchemy as sa
 SCHEMA_VERSION = 2
 metadata = sa.MetaData()
 
+# The words the tables hold as values, written once: the indexer writes them, the app reads them.
+DEAD, DENSE, SPECIAL, REPEAT = "dead", "dense", "special", "repeat"
+FLAGS = (DEAD, DENSE, SPECIAL, REPEAT)  # `latents.flags`: those that apply, in this order
+TOP, QUANTILE = "top", "quantile"
+EXAMPLE_KINDS = (TOP, QUANTILE)  # `examples.kind`
+PROMOTED, SUPPRESSED = "promoted", "suppressed"
+LOGIT_KINDS = (PROMOTED, SUPPRESSED)  # `logits.kind`
+
 
 def _id(name: str) -> sa.Column:
     # DuckDB rejects the SERIAL that an autoincrementing integer key would emit.
@@ -98,7 +106,7 @@ latents = sa.Table(
     sa.Column("dense", sa.Boolean, nullable=False),
     sa.Column("special_share", sa.Float),  # share of its fires on special tokens
     sa.Column("repeat_share", sa.Float),  # share of its fires on a token equal to the previous
-    sa.Column("flags", sa.String, nullable=False),  # space-separated: dead dense special repeat
+    sa.Column("flags", sa.String, nullable=False),  # space-separated FLAGS: "dense repeat"
     sa.Column("top_token_text", sa.String),  # the token it fires on most, for lists and search
     sa.Column("explanation", sa.String),
     sa.Column("explanation_precision", sa.Float),
@@ -109,7 +117,7 @@ examples = sa.Table(
     "examples",
     metadata,
     sa.Column("latent_id", sa.Integer, nullable=False),
-    sa.Column("kind", sa.String, nullable=False),  # 'top' or 'quantile'
+    sa.Column("kind", sa.String, nullable=False),  # of EXAMPLE_KINDS: 'top' or 'quantile'
     sa.Column("rank", sa.Integer, nullable=False),  # 0 = strongest (top) / lowest (in a band)
     sa.Column("band", sa.Integer),  # quantile band, 0 = lowest activations; NULL for top
     sa.Column("context_id", sa.Integer, nullable=False),
@@ -150,7 +158,7 @@ logits = sa.Table(
     "logits",
     metadata,
     sa.Column("latent_id", sa.Integer, nullable=False),
-    sa.Column("kind", sa.String, nullable=False),  # 'promoted' or 'suppressed'
+    sa.Column("kind", sa.String, nullable=False),  # of LOGIT_KINDS: 'promoted' or 'suppressed'
     sa.Column("rank", sa.Integer, nullable=False),
     sa.Column("token_id", sa.Integer, nullable=False),
     sa.Column("value", sa.Float, nullable=False),  # unembedding of the decoder direction

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from indexer import schema as s
 from indexer.accumulate import LatentStats, histogram_edges
 from indexer.ranking import Ranked, rank_in_runs
 from indexer.reservoir import Kept
@@ -35,10 +36,10 @@ def latent_flags(stats: LatentStats) -> dict[str, np.ndarray]:
         "mean_activation": mean,
         "special_share": special,
         "repeat_share": repeat,
-        "dead": ~alive,
-        "dense": density > DENSE_DENSITY,
-        "special": alive & (special > DOMINATED_SHARE),
-        "repeat": alive & (repeat > DOMINATED_SHARE),
+        s.DEAD: ~alive,
+        s.DENSE: density > DENSE_DENSITY,
+        s.SPECIAL: alive & (special > DOMINATED_SHARE),
+        s.REPEAT: alive & (repeat > DOMINATED_SHARE),
     }
 
 
@@ -51,9 +52,8 @@ def latents_table(
     recall: np.ndarray,
 ) -> pa.Table:
     f = latent_flags(stats)
-    names = ("dead", "dense", "special", "repeat")
-    flags = [" ".join(name for name in names if f[name][i]) for i in range(stats.n_latents)]
-    alive = ~f["dead"]
+    flags = [" ".join(name for name in s.FLAGS if f[name][i]) for i in range(stats.n_latents)]
+    alive = ~f[s.DEAD]
     return pa.table(
         {
             "latent_id": pa.array(np.arange(stats.n_latents), pa.int32()),
@@ -65,8 +65,8 @@ def latents_table(
             "max_activation": pa.array(
                 np.where(alive, stats.activation_max.astype(np.float64), np.nan), from_pandas=True
             ),
-            "dead": f["dead"],
-            "dense": f["dense"],
+            "dead": f[s.DEAD],
+            "dense": f[s.DENSE],
             "special_share": pa.array(f["special_share"], from_pandas=True),
             "repeat_share": pa.array(f["repeat_share"], from_pandas=True),
             "flags": flags,
@@ -85,7 +85,7 @@ def _with_position_zero(rows: np.ndarray) -> np.ndarray:
 
 def top_examples(top: Kept) -> pa.Table:
     """The reservoir is sorted by latent then activation, strongest first: rank = that order."""
-    return _examples(top, np.arange(len(top.latent)), "top", rank_in_runs(top.latent), None)
+    return _examples(top, np.arange(len(top.latent)), s.TOP, rank_in_runs(top.latent), None)
 
 
 def quantile_examples(
@@ -107,7 +107,7 @@ def quantile_examples(
     by_hash = np.lexsort((ctx, sample.order, group))
     shown = by_hash[rank_in_runs(group[by_hash]) < per_band]
     shown = shown[np.lexsort((ctx[shown], act[shown], group[shown]))]  # weakest first in a band
-    examples = _examples(sample, shown, "quantile", rank_in_runs(group[shown]), band[shown])
+    examples = _examples(sample, shown, s.QUANTILE, rank_in_runs(group[shown]), band[shown])
     return examples, _band_table(lat, band, act, bands=bands, by_activation=by_activation)
 
 

@@ -36,17 +36,18 @@ def run_train(args: argparse.Namespace) -> None:
             f"SAE: {cfg.out} (n={model.cfg.n_latents}, k={model.cfg.k}, "
             f"{model.cfg.n_tokens} tokens)"
         )
-        print(training_summary(Path(cfg.out) / "metrics.jsonl"))
+        print(training_summary(Path(cfg.out)))
 
 
-def training_summary(metrics: Path) -> str:
+def training_summary(out: Path) -> str:
     """The last step's numbers, with nmse averaged over the last 20 steps (less noisy)."""
-    lines = metrics.read_text().splitlines()[-20:] if metrics.is_file() else []
-    if not lines:
+    from sae.report.results import read_metrics
+
+    records = read_metrics(out)[-20:]
+    if not records:
         return "no training steps recorded"
-    records = [json.loads(line) for line in lines]
     last = records[-1]
-    nmse = sum(r["fvu"] for r in records) / len(records)
+    nmse = sum(r["nmse"] for r in records) / len(records)
     return (
         f"step {last['step']}: nmse {nmse:.4f} (mean of the last {len(records)} steps), "
         f"L0 {last['l0']:.1f}, dead {last['dead_fraction']:.2%}, "

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from sae import sinks
 
 Normalize = Literal["none", "scale", "layer_norm"]
 Activation = Literal["topk", "relu"]
@@ -86,9 +87,7 @@ class SaeConfig:
     def sink_limit(self) -> float:
         """Norm above which a token counts as an attention sink for this SAE (inf: none): the
         tokens training left out, which evaluation, indexing and live text leave alone too."""
-        if self.max_norm_ratio > 0 and self.median_norm > 0:
-            return self.max_norm_ratio * self.median_norm
-        return math.inf
+        return sinks.sink_limit(self.max_norm_ratio, self.median_norm)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

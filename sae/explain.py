@@ -6,8 +6,9 @@ Gao et al. 2024 ("Scaling and evaluating sparse autoencoders", §4.5) score simp
 precision and recall of the explanation predicting where the latent fires, on contexts that
 were not used to choose it. The rendered text is stored in the index so it can be searched.
 
-The algorithm, exactly (a latent "fires" at a position when its activation is > 0; position 0
-never fires, but its token may start an n-gram that ends at position 1 or 2):
+The algorithm, exactly (a latent "fires" at a position when its activation is > 0, as
+`sae.codes.fired` finds; position 0 never fires, but its token may start an n-gram that ends
+at position 1 or 2):
 1. The sample's contexts with held_out False are the mining data; those with held_out True are
    the held-out data.
 2. Candidates for latent ℓ: every n-gram (n = 1..max_n) ending at a position where ℓ fires in
@@ -43,6 +44,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from sae.codes import Fired, fired
 from sae.visible import visible
 
 SEPARATOR = " | "
@@ -111,13 +113,6 @@ class NgramTable(NamedTuple):
     bits: int  # width of one token's field in a packed key
 
 
-class Fires(NamedTuple):
-    """The (position, latent) pairs where a latent fires."""
-
-    positions: np.ndarray  # (F,) int64 flat sample position s*(T-1) + (p-1)
-    latents: np.ndarray  # (F,) int64
-
-
 class Candidates(NamedTuple):
     """(latent, n-gram) candidates with their mining counts, grouped by latent."""
 
@@ -150,22 +145,22 @@ def explain_latents(
         raise ValueError("max_patterns and min_matches must be at least 1")
     mining = ~sample.held_out.astype(bool)  # (S,)
     table = ngram_table(sample.token_ids, max_n=max_n, bits=bits)
-    fires = sample_fires(sample)
+    fires = fired(sample.activations, sample.indices)  # tokens flat over (S, T-1)
     length = sample.token_ids.shape[1] - 1
-    fire_mining = mining[fires.positions // length]  # (F,)
+    fire_mining = mining[fires.token // length]  # (F,)
     position_mining = np.repeat(mining, length)  # (S*(T-1),)
     mining_matches = _count_matches(table, position_mining)  # (G,)
-    mining_fires = np.bincount(fires.latents[fire_mining], minlength=n_latents)  # (L,)
+    mining_fires = np.bincount(fires.latent[fire_mining], minlength=n_latents)  # (L,)
     candidates = _candidates(
         table,
-        Fires(fires.positions[fire_mining], fires.latents[fire_mining]),
+        _select(fires, fire_mining),
         mining_matches=mining_matches,
         min_matches=min_matches,
     )
     chosen = choose_patterns(
         candidates, table, mining_fires=mining_fires, max_patterns=max_patterns
     )
-    held_out_fires = Fires(fires.positions[~fire_mining], fires.latents[~fire_mining])
+    held_out_fires = _select(fires, ~fire_mining)
     return _assemble(
         chosen,
         table,
@@ -232,13 +227,9 @@ def _suffix_mask(lengths: np.ndarray, *, bits: int) -> np.ndarray:
     return (np.int64(1) << (bits * lengths)) - 1
 
 
-def sample_fires(sample: TokenSample) -> Fires:
-    """Every (position, latent) with activation > 0, positions flattened over (S, T-1)."""
-    k = sample.indices.shape[2]
-    fired = sample.activations.reshape(-1, k) > 0  # (S*(T-1), k)
-    positions, slots = np.nonzero(fired)  # (F,), (F,)
-    latents = sample.indices.reshape(-1, k)[positions, slots].astype(np.int64)  # (F,)
-    return Fires(positions.astype(np.int64), latents)
+def _select(fires: Fired, keep: np.ndarray) -> Fired:
+    """The fires where `keep` (F,) is True, in order."""
+    return Fired(fires.token[keep], fires.latent[keep], fires.activation[keep])
 
 
 def _count_matches(table: NgramTable, positions: np.ndarray) -> np.ndarray:
@@ -247,10 +238,10 @@ def _count_matches(table: NgramTable, positions: np.ndarray) -> np.ndarray:
     return np.bincount(ids[ids >= 0], minlength=len(table.keys))
 
 
-def _pair_keys(table: NgramTable, fires: Fires) -> np.ndarray:
+def _pair_keys(table: NgramTable, fires: Fired) -> np.ndarray:
     """One int64 per (fire, n-gram ending there): latent * G + n-gram id."""
-    ids = table.ids[fires.positions]  # (F, max_n)
-    pairs = fires.latents[:, None] * len(table.keys) + ids  # (F, max_n)
+    ids = table.ids[fires.token]  # (F, max_n)
+    pairs = fires.latent[:, None] * len(table.keys) + ids  # (F, max_n)
     return pairs[ids >= 0]
 
 
@@ -262,7 +253,7 @@ def _count_sorted(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _candidates(
-    table: NgramTable, mining_fires: Fires, *, mining_matches: np.ndarray, min_matches: int
+    table: NgramTable, mining_fires: Fired, *, mining_matches: np.ndarray, min_matches: int
 ) -> Candidates:
     """Steps 2-3: the (latent, n-gram) candidates that match often enough, with mining hits."""
     frequent = mining_matches >= min_matches  # (G,)
@@ -350,7 +341,7 @@ def _no_patterns() -> Chosen:
     return Chosen(empty, empty, empty)
 
 
-def _held_out_hits(table: NgramTable, chosen: Chosen, held_out_fires: Fires) -> np.ndarray:
+def _held_out_hits(table: NgramTable, chosen: Chosen, held_out_fires: Fired) -> np.ndarray:
     """(P,) held-out positions where each chosen pattern ends and its latent fires."""
     wanted = chosen.latents * len(table.keys) + chosen.ngrams  # (P,) distinct pair keys
     order = np.argsort(wanted)
@@ -365,7 +356,7 @@ def _held_out_hits(table: NgramTable, chosen: Chosen, held_out_fires: Fires) -> 
 def _assemble(
     chosen: Chosen,
     table: NgramTable,
-    held_out_fires: Fires,
+    held_out_fires: Fired,
     *,
     held_out_matches: np.ndarray,
     n_latents: int,
@@ -376,7 +367,7 @@ def _assemble(
         return []
     hits = _held_out_hits(table, chosen, held_out_fires).tolist()  # (P,)
     matches = held_out_matches[chosen.ngrams].tolist()  # (P,)
-    fires = np.bincount(held_out_fires.latents, minlength=n_latents).tolist()  # (L,)
+    fires = np.bincount(held_out_fires.latent, minlength=n_latents).tolist()  # (L,)
     explanations: list[Explanation] = []
     patterns: list[Pattern] = []
     for i, (latent, rank, ngram) in enumerate(

@@ -45,11 +45,11 @@ class ForwardOutput(NamedTuple):
     """Activations of the k selected latents, (..., k)."""
     top_indices: Tensor
     """Ids of those latents, (..., k)."""
-    fvu: Tensor
+    nmse: Tensor
     """Normalised MSE: squared error over the variance of the batch (scalar)."""
     auxk_loss: Tensor
     """AuxK loss on the residual, from dead latents only; 0 without dead latents (scalar)."""
-    multi_topk_fvu: Tensor
+    multi_topk_nmse: Tensor
     """Normalised MSE with 4k latents when `multi_topk` is on, else 0 (scalar)."""
     l1: Tensor
     """Mean L1 norm of the codes per token, the ReLU baseline's sparsity penalty; decoder rows
@@ -172,12 +172,12 @@ class SparseAutoencoder(nn.Module):
         return self.denormalize(normalised, stats)
 
     def forward(
-        self, x: Tensor, *, dead_mask: Tensor | None = None, fvu_denominator: float | None = None
+        self, x: Tensor, *, dead_mask: Tensor | None = None, nmse_denominator: float | None = None
     ) -> ForwardOutput:
         """Encode, decode and compute the training losses on raw activations (B, d).
 
         `dead_mask` (n,) marks latents that have not fired recently: they drive the AuxK loss.
-        `fvu_denominator` is MSE(mean(x), x) measured once on a sample (per batch if None).
+        `nmse_denominator` is MSE(mean(x), x) measured once on a sample (per batch if None).
         """
         xn, stats = self.normalize(x.to(self.W_enc.dtype))  # (B, d)
         topk = self.cfg.activation == "topk"  # AuxK and Multi-TopK belong to TopK
@@ -192,17 +192,17 @@ class SparseAutoencoder(nn.Module):
             recon = sparse_decode(acts, idx, self.W_dec) + self.b_pre  # (B, d)
         else:  # a ReLU SAE's own codes are dense and in latent order: no scatter needed
             recon = acts @ self.W_dec + self.b_pre  # (B, n) @ (n, d)
-        denominator = fvu_denominator if fvu_denominator is not None else _variance(xn)
+        denominator = nmse_denominator if nmse_denominator is not None else _variance(xn)
         residual = xn - recon  # (B, d)
-        fvu = residual.pow(2).sum(-1).mean() / denominator
+        nmse = residual.pow(2).sum(-1).mean() / denominator
         auxk = self._auxk_loss(residual.detach(), aux)
         multi = torch.zeros((), device=x.device)
         if self.cfg.multi_topk and topk:
             acts4, idx4 = self._encode_normalised(xn, min(4 * self.cfg.k, self.cfg.n_latents))
             recon4 = sparse_decode(acts4, idx4, self.W_dec) + self.b_pre
             multi = (xn - recon4).pow(2).sum(-1).mean() / denominator
-        l1 = acts.sum(-1).mean() if self.cfg.activation == "relu" else torch.zeros_like(fvu)
-        return ForwardOutput(self.denormalize(recon, stats), acts, idx, fvu, auxk, multi, l1)
+        l1 = acts.sum(-1).mean() if self.cfg.activation == "relu" else torch.zeros_like(nmse)
+        return ForwardOutput(self.denormalize(recon, stats), acts, idx, nmse, auxk, multi, l1)
 
     def _encode_normalised(self, xn: Tensor, k: int, *, fold: bool = True) -> EncoderOutput:
         """Normalised inputs (..., d) → codes; `fold=False` leaves b_pre out (init only)."""
@@ -313,7 +313,7 @@ def check_finite(tensors: dict[str, Tensor], *, prefix: str) -> None:
 
 
 def _variance(x: Tensor) -> Tensor:
-    """MSE of predicting every row by the batch mean: the FVU's denominator."""
+    """MSE of predicting every row by the batch mean: the normalised MSE's denominator."""
     return (x - x.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
 
 

@@ -12,8 +12,10 @@ out every token whose norm exceeds r times the median norm of its data: that nor
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-from torch import Tensor
+if TYPE_CHECKING:  # sae.config reads the limit without importing torch
+    from torch import Tensor
 
 
 def sink_limit(max_norm_ratio: float, median_norm: float) -> float:
@@ -28,9 +30,23 @@ def is_sink(x: Tensor, limit: float) -> Tensor:
     return x.norm(dim=-1) > limit
 
 
+def sink_mask(hidden: Tensor, limit: float) -> Tensor:
+    """(B, T) True at every sink of hidden states (B, T, d): position 0 and any token whose
+    norm is above `limit`."""
+    sink = is_sink(hidden, limit)  # (B, T)
+    sink[:, 0] = True
+    return sink
+
+
+def is_read(norms: Tensor, limit: float) -> Tensor:
+    """True where a token of these norms is read, not a sink: at most `limit` (a norm that is
+    not a number is not read, whatever the limit)."""
+    return norms <= limit
+
+
 def without_sinks(x: Tensor, limit: float) -> Tensor:
     """The rows of x (m, d) that are not sinks, in order."""
-    return x if math.isinf(limit) else x[~is_sink(x, limit)]
+    return x[is_read(x.norm(dim=-1), limit)]
 
 
 def after_position_0(hidden: Tensor) -> Tensor:

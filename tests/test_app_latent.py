@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -71,7 +72,14 @@ def test_latent_page_shows_histogram_explanation_and_related_latents(
     html = soup(app_client.get(f"/latents/{latent}"))
     assert html.select_one("#explanation").get_text() == explanation
     assert html.select("#patterns tbody tr")
-    assert html.select("#activation-histogram svg rect.bar")
+    bars = html.select("#activation-histogram svg rect.bar")
+    [(n_bins,)] = app_sql(f"SELECT count(*) FROM activation_histograms WHERE latent_id = {latent}")
+    assert len(bars) == n_bins
+    assert all(
+        re.fullmatch(r"activation \S+ to \S+: [\d,]+ tokens", b.title.get_text()) for b in bars
+    )
+    widths = [float(bar["width"]) for bar in bars]  # log-spaced bins on a log axis: one width
+    assert max(widths) - min(widths) <= 0.1
     links = [a["href"] for a in html.select("#neighbours a.latent-link")]
     assert links == [f"/latents/{other}" for other in neighbours]
     assert html.select("#coactive a.latent-link")

@@ -22,7 +22,16 @@ def test_openapi_documents_the_json_api(app_client: Any) -> None:
     listing = {p["name"] for p in paths["/api/latents"]["get"]["parameters"]}
     assert {"sort", "order", "offset", "limit", "q", "flag", "min_density"} <= listing
     schemas = spec["components"]["schemas"]
-    assert {"LatentDetail", "LatentPage", "SearchResults", "LiveResult"} <= set(schemas)
+    assert {"LatentDetail", "LatentTablePage", "SearchResults", "LiveResult"} <= set(schemas)
+    sort = next(p for p in paths["/api/latents"]["get"]["parameters"] if p["name"] == "sort")
+    assert set(sort["schema"]["enum"]) == {  # the sort keys are the latents table's columns
+        "latent_id",
+        "density",
+        "max_activation",
+        "explanation_precision",
+        "explanation_recall",
+        "n_fires",
+    }
 
 
 def test_generated_requests_never_get_a_server_error(api_schema: Any) -> None:

@@ -22,21 +22,21 @@ def ids(app_sql: Any, sql: str) -> list[Any]:
 
 
 @pytest.mark.parametrize(
-    ("sort", "column"),
+    "sort",
     [
-        ("density", "density"),
-        ("max_activation", "max_activation"),
-        ("precision", "explanation_precision"),
-        ("recall", "explanation_recall"),
-        ("n_fires", "n_fires"),
+        "latent_id",
+        "density",
+        "max_activation",
+        "explanation_precision",
+        "explanation_recall",
+        "n_fires",
     ],
 )
-def test_sorting_orders_rows_like_the_database(
-    app_client: Any, app_sql: Any, sort: str, column: str
-) -> None:
+def test_sorting_orders_rows_like_the_database(app_client: Any, app_sql: Any, sort: str) -> None:
+    # a sort key is the name of the `latents` column it sorts by
     expected = ids(
         app_sql,
-        f"SELECT latent_id FROM latents ORDER BY {column} DESC NULLS LAST, latent_id LIMIT 20",
+        f"SELECT latent_id FROM latents ORDER BY {sort} DESC NULLS LAST, latent_id LIMIT 20",
     )
     html = soup(app_client.get(f"/latents?sort={sort}&order=desc&limit=20"))
     assert shown_ids(html) == expected
@@ -47,6 +47,7 @@ def test_sorting_orders_rows_like_the_database(
 def test_default_table_is_by_id_and_sort_links_keep_the_filters(app_client: Any) -> None:
     html = soup(app_client.get("/latents?q=the&limit=7"))
     assert shown_ids(html) == sorted(shown_ids(html))
+    assert html.select_one("th a.sort.active")["data-sort"] == "latent_id"
     link = html.select_one('th a.sort[data-sort="density"]')
     assert link is not None
     assert link["href"] == link["hx-get"]
@@ -95,13 +96,24 @@ def test_filters_by_flag_density_and_text(app_client: Any, app_sql: Any) -> None
 
 
 def test_filter_form_reflects_the_url_state(app_client: Any) -> None:
-    html = soup(app_client.get("/latents?q=of&flag=dense&min_density=0.01&sort=recall&order=asc"))
+    url = "/latents?q=of&flag=dense&not_flag=repeat&min_density=0.01&sort=explanation_recall"
+    html = soup(app_client.get(url + "&order=asc"))
     assert html.select_one("#filter-q")["value"] == "of"
     assert html.select_one('input[name="flag"][value="dense"]').has_attr("checked")
+    assert html.select_one('input[name="not_flag"][value="repeat"]').has_attr("checked")
+    assert not html.select_one('input[name="not_flag"][value="dense"]').has_attr("checked")
     assert html.select_one('input[name="min_density"]')["value"] == "0.01"
-    assert html.select_one('input[name="sort"][form="latent-filters"]')["value"] == "recall"
+    sort = html.select_one('input[name="sort"][form="latent-filters"]')["value"]
+    assert sort == "explanation_recall"
     count = html.select_one("#latent-count").get_text()
     assert "match" in count
+
+
+def test_page_links_keep_the_flag_filters(app_client: Any) -> None:
+    html = soup(app_client.get("/latents?flag=dense&not_flag=repeat&limit=1"))
+    following = html.select_one("#next-page")
+    assert following is not None
+    assert "flag=dense" in following["href"] and "not_flag=repeat" in following["href"]
 
 
 def test_empty_form_fields_mean_no_bound(app_client: Any) -> None:
@@ -123,6 +135,8 @@ def test_api_latents_pages_and_sorts(app_client: Any) -> None:
         ("limit=101", "at most 100"),
         ("offset=-1", "offset"),
         ("sort=bogus", "sort"),
+        ("sort=precision", "sort"),  # the key is the column's name, explanation_precision
+        ("not_flag=shiny", "unknown flag"),
         ("order=sideways", "order"),
         ("flag=shiny", "unknown flag"),
         ("min_density=2", "min_density"),

@@ -44,7 +44,7 @@ PROGRAMS: dict[str, Callable[[list[str]], int]] = {
 
 SUBCOMMANDS = {
     "sae": ["harvest", "train", "eval", "sweep", "report", "convert", "fetch"],
-    "indexer": ["build"],
+    "indexer": ["build", "compare"],
     "atlas": ["serve"],
 }
 
@@ -64,6 +64,7 @@ HAND_MADE: dict[tuple[str, str], list[str]] = {
     ("sae", "convert"): ["src", "--out", "--from", "--to"],
     ("sae", "fetch"): ["--model", "--corpus"],
     ("atlas", "serve"): ["--index", "--host", "--port", "--max-live-chars", "--allow-host"],
+    ("indexer", "compare"): ["a", "b", "--ignore", "--rel"],
 }
 
 

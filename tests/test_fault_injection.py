@@ -26,9 +26,10 @@ from safetensors.torch import load_file
 import indexer.cli
 import sae.cli
 from indexer import schema
+from indexer.compare import table_rows
 from sae.activations import cache
 from tests import faults
-from tests.helpers import DOCUMENTS, index_rows
+from tests.helpers import DOCUMENTS
 
 SEED = 11
 MAX_DELAY_S = 0.3
@@ -300,8 +301,8 @@ def test_killed_build_keeps_the_old_index_and_resumes_to_the_uninterrupted_one(
     with duckdb.connect(str(out), read_only=True) as connection:
         (settings,) = connection.execute("SELECT settings FROM build").fetchone() or ("{}",)
     assert json.loads(settings)["out"] == str(out)  # the rerun replaced the older index
-    resumed = index_rows(out, leave_out=VOLATILE, value=comparable)
-    whole = index_rows(reference, leave_out=VOLATILE, value=comparable)
+    resumed = table_rows(out, leave_out=VOLATILE, value=comparable)
+    whole = table_rows(reference, leave_out=VOLATILE, value=comparable)
     assert resumed.keys() == whole.keys()
     for name in whole:
         assert len(resumed[name]) == len(whole[name]), name

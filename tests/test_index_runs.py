@@ -14,11 +14,11 @@ import pytest
 from indexer import accumulate, store
 from indexer.build import build
 from indexer.cli import main
+from indexer.compare import compare
 from indexer.config import BuildConfig
 from sae.config import SaeConfig
 from sae.errors import AtlasError
 from sae.model import SparseAutoencoder
-from tests.helpers import index_rows
 
 SMALL = ["--top-examples=5", "--quantile-bands=4", "--examples-per-band=2", "--batch-tokens=100"]
 VOLATILE = {"created_at", "seconds", "settings"}  # when, how long, and where it was written
@@ -31,23 +31,7 @@ def config(tiny_sae: Path, tiny_cache: Path, out: Path, **kw: Any) -> BuildConfi
 
 
 def assert_same_index(a: Path, b: Path, *, float_rel: float = 0.0) -> None:
-    left, right = index_rows(a, leave_out=VOLATILE), index_rows(b, leave_out=VOLATILE)
-    assert left.keys() == right.keys()
-    for name in left:
-        assert len(left[name]) == len(right[name]), name
-        for x, y in zip(left[name], right[name], strict=True):
-            assert same(x, y, float_rel), (name, x, y)
-
-
-def same(x: Any, y: Any, rel: float) -> bool:
-    """Equal, floats to a relative tolerance, inside rows, lists and JSON values too."""
-    if isinstance(x, float) and isinstance(y, float):
-        return x == pytest.approx(y, rel=rel, nan_ok=True) if rel else x == y or x != x == y != y
-    if isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)):
-        return len(x) == len(y) and all(same(a, b, rel) for a, b in zip(x, y, strict=True))
-    if isinstance(x, dict) and isinstance(y, dict):
-        return x.keys() == y.keys() and all(same(x[key], y[key], rel) for key in x)
-    return bool(x == y)
+    assert compare(a, b, ignore=VOLATILE, rel=float_rel) == []
 
 
 def test_interrupted_build_keeps_the_previous_index_and_a_rerun_completes(

@@ -61,7 +61,7 @@ def test_exact_dictionary_reconstructs_exactly() -> None:
     x = torch.rand(10, 6) + 0.1  # positive, so the ReLU keeps every coordinate
     out = model(x)
     torch.testing.assert_close(out.sae_out, x)
-    assert float(out.fvu) < 1e-12
+    assert float(out.nmse.detach()) < 1e-12
     torch.testing.assert_close(model.decode(*model.encode(x)), x)
 
 
@@ -89,7 +89,7 @@ def test_layer_norm_inputs_are_restored_on_decode() -> None:
 def test_gradient_parallel_to_decoder_rows_is_removed() -> None:
     model = make_sae()
     model.init_from_data(sample())
-    model(sample(32)).fvu.backward()
+    model(sample(32)).nmse.backward()
     model.remove_gradient_parallel_to_decoder_directions()
     assert model.W_dec.grad is not None
     parallel = (model.W_dec.grad * model.W_dec).sum(-1)
@@ -112,8 +112,8 @@ def test_auxk_trains_only_dead_latents_and_vanishes_without_them() -> None:
     assert float(model.W_enc.grad[:20].abs().max()) > 0.0
 
 
-def fvu_with_top(model: SparseAutoencoder, x: Tensor, k: int) -> Tensor:
-    """The FVU of keeping the k largest pre-activations, computed the plain dense way."""
+def nmse_with_top(model: SparseAutoencoder, x: Tensor, k: int) -> Tensor:
+    """The normalised MSE of keeping the k largest pre-activations, computed the plain dense way."""
     with torch.no_grad():
         xn, _ = model.normalize(x)
         pre = (xn - model.b_pre) @ model.W_enc.T + model.b_enc  # (B, n)
@@ -123,15 +123,17 @@ def fvu_with_top(model: SparseAutoencoder, x: Tensor, k: int) -> Tensor:
         return residual.pow(2).sum(-1).mean() / (xn - xn.mean(0)).pow(2).sum(-1).mean()
 
 
-def test_multi_topk_loss_is_the_fvu_of_the_top_4k_latents() -> None:
+def test_multi_topk_loss_is_the_nmse_of_the_top_4k_latents() -> None:
     model = make_sae(multi_topk=True)  # n = 48, k = 4: the 4k loss keeps 16 latents
     x = sample(64)
     model.init_from_data(x)
     with torch.no_grad():  # a bias of its own, as after training
         model.b_enc.copy_(torch.rand(48, generator=torch.Generator().manual_seed(1)) - 0.5)
     out = model(x)
-    torch.testing.assert_close(out.fvu, fvu_with_top(model, x, 4), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(out.multi_topk_fvu, fvu_with_top(model, x, 16), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.nmse, nmse_with_top(model, x, 4), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        out.multi_topk_nmse, nmse_with_top(model, x, 16), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_multi_topk_adds_a_4k_loss_no_worse_than_k() -> None:
@@ -147,8 +149,10 @@ def test_multi_topk_adds_a_4k_loss_no_worse_than_k() -> None:
         model.b_pre.copy_(torch.linspace(-1.0, 1.0, 32))
     x = sample(64, d=32) / 30
     out = model(x)
-    torch.testing.assert_close(out.multi_topk_fvu, fvu_with_top(model, x, 16), rtol=1e-5, atol=1e-6)
-    assert 0 < float(out.multi_topk_fvu) < float(out.fvu)
+    torch.testing.assert_close(
+        out.multi_topk_nmse, nmse_with_top(model, x, 16), rtol=1e-5, atol=1e-6
+    )
+    assert 0 < float(out.multi_topk_nmse) < float(out.nmse)
 
 
 # --- our format ------------------------------------------------------------------------------
@@ -283,7 +287,7 @@ def test_forward_and_gradients_match_plain_dense_autograd(n_dead: int) -> None:
             model.b_enc.uniform_(-0.05, 0.05, generator=torch.Generator().manual_seed(1))
         if path == "fast":
             out = model(x, dead_mask=dead)
-            loss = out.fvu + model.cfg.auxk_coef * out.auxk_loss
+            loss = out.nmse + model.cfg.auxk_coef * out.auxk_loss
         else:
             loss = dense_reference_loss(model, x, dead)
         loss.backward()

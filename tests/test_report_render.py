@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 import re
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +22,7 @@ from sae.report import (
     sae_figures,
     sweep_figures,
 )
+from sae.report.data import sae_report
 from sae.report.svg import log_ticks, nice_ticks, tick_label
 
 HOSTILE = "<script>alert(1)</script>"
@@ -112,7 +115,7 @@ def _sae_report(*, with_eval: bool = True, with_sweep: bool = True) -> dict[str,
             {
                 "step": s,
                 "tokens": 4096 * s,
-                "fvu": 1 / s**0.3,
+                "nmse": 1 / s**0.3,
                 "dead_fraction": 0.5 / s,
                 "l0": 32.0,
                 "auxk_loss": 0.1,
@@ -242,6 +245,31 @@ def test_sae_figures_with_and_without_eval_and_sweep() -> None:
     bare = sae_figures(_sae_report(with_eval=False, with_sweep=False))
     assert [f.id for f in bare] == ["training-nmse", "training-dead"]
     assert sae_figures({"kind": "sae"}) == []
+
+
+def _sae_folder(folder: Path, nmse_key: str, multi_key: str) -> Path:
+    """An SAE folder whose metrics.jsonl names the normalized MSE `nmse_key`."""
+    folder.mkdir()
+    (folder / "cfg.json").write_text(json.dumps({"n_latents": 64, "k": 4}))
+    steps = [
+        {"step": s, "tokens": 128 * s, nmse_key: 1 / s**0.5, multi_key: 0.0, "dead_fraction": 0.1}
+        for s in range(1, 9)
+    ]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(step) + "\n" for step in steps))
+    return folder
+
+
+def test_a_folder_trained_before_the_rename_still_draws_its_training_curve(
+    tmp_path: Path,
+) -> None:
+    old = sae_report(_sae_folder(tmp_path / "old", "fvu", "multi_topk_fvu"))
+    new = sae_report(_sae_folder(tmp_path / "new", "nmse", "multi_topk_nmse"))
+    assert old["training"] == new["training"]
+    assert set(old["training"][0]) == {"step", "tokens", "nmse", "multi_topk_nmse", "dead_fraction"}
+    figure = {f.id: f for f in sae_figures(old)}["training-nmse"]
+    assert figure.title == "Training normalized MSE against tokens"
+    assert figure.svg == {f.id: f for f in sae_figures(new)}["training-nmse"].svg
+    assert len(_series(figure.svg)) == 1 and "no data" not in figure.svg.lower()
 
 
 class _Structure(HTMLParser):

@@ -16,8 +16,10 @@ import torch
 
 import sae
 from sae.activations.cache import ActivationCache
+from sae.cli import training_summary
 from sae.errors import AtlasError
 from sae.model import unit_norm_check
+from sae.report.results import read_metrics
 from sae.training.batches import ShuffledTokens
 from sae.training.train import TrainConfig, train
 
@@ -84,7 +86,7 @@ def test_training_reduces_nmse_and_keeps_decoder_rows_unit(
     model = train(small_run(tiny_cache, tmp_path / "run", tokens=128 * 150))
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert [r["step"] for r in records] == list(range(1, 151))
-    first, last = records[0]["fvu"], np.median([r["fvu"] for r in records[-5:]])
+    first, last = records[0]["nmse"], np.median([r["nmse"] for r in records[-5:]])
     assert last < 0.5 * first
     assert all(r["l0"] <= 4 for r in records)
     assert unit_norm_check(model) < 1e-5
@@ -109,6 +111,37 @@ def test_killed_run_resumes_to_the_same_weights(
     assert steps[-1] == 24
     for name, param in whole.named_parameters():
         torch.testing.assert_close(getattr(resumed, name), param, rtol=0, atol=0)
+
+
+def as_written_before_nmse(out: Path) -> None:
+    """Give a run folder the keys it had before the rename fvu -> nmse: in metrics.jsonl
+    and in the checkpoint's training state."""
+    metrics = out / "metrics.jsonl"
+    old = {"nmse": "fvu", "multi_topk_nmse": "multi_topk_fvu"}
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    lines = [json.dumps({old.get(k, k): v for k, v in r.items()}) for r in records]
+    metrics.write_text("".join(line + "\n" for line in lines))
+    saved = torch.load(out / "checkpoint" / "state.pt", weights_only=False)
+    saved["state"]["fvu_denominator"] = saved["state"].pop("nmse_denominator")
+    torch.save(saved, out / "checkpoint" / "state.pt")
+
+
+def test_a_run_saved_before_the_nmse_rename_resumes_to_the_same_weights(
+    tmp_path: Path, tiny_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    whole = train(small_run(tiny_cache, tmp_path / "whole"))
+    interrupt_at_step(monkeypatch, 13)  # after the checkpoint at step 10
+    with pytest.raises(KeyboardInterrupt):
+        train(small_run(tiny_cache, tmp_path / "old"))
+    as_written_before_nmse(tmp_path / "old")
+    resumed = train(small_run(tiny_cache, tmp_path / "old", resume=True))
+    for name, param in whole.named_parameters():
+        torch.testing.assert_close(getattr(resumed, name), param, rtol=0, atol=0)
+    records = read_metrics(tmp_path / "old")  # steps 1-10 written before, 11-24 after
+    assert [r["step"] for r in records] == list(range(1, 25))
+    assert all("nmse" in r and "multi_topk_nmse" in r and "fvu" not in r for r in records)
+    assert [r["nmse"] for r in records] == [r["nmse"] for r in read_metrics(tmp_path / "whole")]
+    assert training_summary(tmp_path / "old").startswith("step 24: nmse ")
 
 
 def test_two_processes_train_like_one(tmp_path: Path, tiny_cache: Path) -> None:
@@ -208,18 +241,18 @@ def test_training_streams_from_the_model_without_a_cache(
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(" ".join(f"{doc} ({i})" for i, doc in enumerate(DOCUMENTS * 3)))
-    import sae.training.stream as stream_module
+    import sae.activations.source as source_module  # where streamed training runs the model
 
     forwards = {"n": 0}
-    real_forward = stream_module.residual_stream
+    real_forward = source_module.residual_stream
 
     def counting_forward(*args: Any, **kwargs: Any) -> torch.Tensor:
         forwards["n"] += 1
         return real_forward(*args, **kwargs)
 
-    monkeypatch.setattr(stream_module, "residual_stream", counting_forward)
+    monkeypatch.setattr(source_module, "residual_stream", counting_forward)
     whole = train(stream_run(tiny_model_dir, corpus, tmp_path / "whole"))
-    monkeypatch.setattr(stream_module, "residual_stream", real_forward)
+    monkeypatch.setattr(source_module, "residual_stream", real_forward)
     groups_seen = torch.load(tmp_path / "whole" / "checkpoint" / "state.pt", weights_only=False)
     # One forward per group used (each group is < 32 contexts): the median norm, the init
     # sample and the first batches share group 0's forward.
@@ -227,7 +260,7 @@ def test_training_streams_from_the_model_without_a_cache(
     assert whole.cfg.layer == 2 and whole.cfg.model == str(tiny_model_dir)
     assert whole.cfg.median_norm > 0
     records = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").open()]
-    assert len(records) == 16 and records[-1]["fvu"] < records[0]["fvu"]
+    assert len(records) == 16 and records[-1]["nmse"] < records[0]["nmse"]
 
     interrupt_at_step(monkeypatch, 12)  # after the checkpoint at step 10
     with pytest.raises(KeyboardInterrupt):
@@ -235,6 +268,38 @@ def test_training_streams_from_the_model_without_a_cache(
     resumed = train(stream_run(tiny_model_dir, corpus, tmp_path / "resumed", resume=True))
     for name, param in whole.named_parameters():
         torch.testing.assert_close(getattr(resumed, name), param, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("max_norm_ratio", [0.0, 1.0])
+def test_a_streamed_epoch_is_the_sources_activations_without_its_sinks(
+    tiny_model_dir: Path, text_corpus: Path, max_norm_ratio: float
+) -> None:
+    from sae.activations.source import open_stream
+    from sae.sinks import sink_limit
+    from sae.training.stream import StreamedTokens
+
+    source = open_stream(
+        str(tiny_model_dir),
+        layer=2,
+        corpus=str(text_corpus),
+        tokens=400,
+        context_length=17,
+        seed=0,
+        device="cpu",
+    )
+    # One group of every context: the model sees the same batches as in `every` (other batches
+    # would round differently).
+    stream = StreamedTokens(
+        source, batch_size=1, shuffle_tokens=10_000, seed=0, max_norm_ratio=max_norm_ratio
+    )
+    every = source.forward(slice(None)).flatten(0, 1)  # (N * 16, d): positions 1.. only
+    assert len(every) == len(source.token_ids) * 16
+    limit = sink_limit(max_norm_ratio, stream.median_norm())
+    kept = every[every.norm(dim=-1) <= limit]  # ratio 0: no limit, every token
+    assert (len(kept) == len(every)) == (max_norm_ratio == 0)
+    epoch = torch.cat([b for _, b in zip(range(len(kept)), stream.batches(), strict=False)])
+    assert Counter(map(tuple, epoch.tolist())) == Counter(map(tuple, kept.tolist()))
+    assert stream.state()["counts"] == {"0:0": len(kept)}
 
 
 def test_streaming_needs_a_token_count(tmp_path: Path) -> None:

@@ -97,7 +97,7 @@ def test_two_steps_with_small_shuffle_groups_train_finite_weights(
     assert_finite_sae(out)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]
-    assert all(r["fvu"] == r["fvu"] and r["l0"] > 0 for r in records)  # no NaN
+    assert all(r["nmse"] == r["nmse"] and r["l0"] > 0 for r in records)  # no NaN
 
 
 def test_a_cache_too_small_to_train_on_is_refused_naming_both_sizes(

@@ -8,6 +8,7 @@ from dataclasses import replace
 from app import records as r
 from app.db.rows import EXAMPLES_CAP
 from app.db.slices import ExampleColumns, LatentSlices
+from indexer import schema as s
 
 TokenText = Callable[[int], str]
 
@@ -40,12 +41,12 @@ def latent_detail(
     effects = slices.logit_effects_of(latent_id, text)
     return r.LatentDetail(
         latent=latent,
-        top_examples=[x for x in shown if x.kind == "top"],
-        quantile_examples=[x for x in shown if x.kind != "top"],
+        top_examples=[x for x in shown if x.kind == s.TOP],
+        quantile_examples=[x for x in shown if x.kind != s.TOP],
         quantile_bands=slices.bands_of(latent_id),
         histogram=slices.histogram_of(latent_id),
-        promoted=effects["promoted"],
-        suppressed=effects["suppressed"],
+        promoted=effects[s.PROMOTED],
+        suppressed=effects[s.SUPPRESSED],
         neighbours=slices.neighbours_of(latent_id),
         coactive=slices.coactive_of(latent_id),
         top_tokens=slices.top_tokens_of(latent_id, text),

@@ -27,6 +27,7 @@ from app.db.slices import ExampleColumns, LatentSlices
 from app.errors import STORAGE_ERRORS, AtlasAppError, damaged_index
 from app.filters import escaped_token
 from indexer import schema as s
+from sae.report.results import current_metric_keys
 
 
 def _json(value: Any) -> Any:
@@ -97,6 +98,8 @@ class IndexDB:
         for name in ("sae_config", "settings", "versions", "metrics", "report"):
             row[name] = _json(row[name])
         report = row["report"] or {}  # the SAE's eval and training record come with its report
+        if report.get("training"):  # an index built before a metric's rename has its old key
+            report["training"] = [current_metric_keys(step) for step in report["training"]]
         row["sae_eval"] = report.get("eval")
         row["training"] = (report.get("training") or [None])[-1]
         return r.BuildInfo(**{k: v for k, v in row.items() if k in fields})
@@ -121,7 +124,7 @@ class IndexDB:
         rows = self._rows(sa.select(h).order_by(h.c.lower).limit(1000))
         return [r.HistogramBin(row["lower"], row["upper"], row["n_latents"]) for row in rows]
 
-    def latent_page(self, query: r.LatentQuery) -> r.LatentPage:
+    def latent_page(self, query: r.LatentQuery) -> r.LatentTablePage:
         where = latent_filters(query)
         column = SORT_COLUMNS[query.sort]
         ordered = column.asc() if query.order == "asc" else column.desc()
@@ -137,7 +140,9 @@ class IndexDB:
             total = int(connection.execute(count).scalar_one())
             rows = connection.execute(statement).mappings().all()
         latents = [summary(row) for row in rows]
-        return r.LatentPage(total=total, offset=query.offset, limit=query.limit, latents=latents)
+        return r.LatentTablePage(
+            total=total, offset=query.offset, limit=query.limit, latents=latents
+        )
 
     def latent(self, latent_id: int) -> r.LatentSummary:
         found = self.slices().summary

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, get_args
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, RowMapping
@@ -13,13 +13,8 @@ from indexer import schema as s
 from sae.visible import visible
 
 SORT_COLUMNS: dict[str, sa.ColumnElement[Any]] = {
-    "id": s.latents.c.latent_id,
-    "density": s.latents.c.density,
-    "max_activation": s.latents.c.max_activation,
-    "precision": s.latents.c.explanation_precision,
-    "recall": s.latents.c.explanation_recall,
-    "n_fires": s.latents.c.n_fires,
-}
+    key: s.latents.c[key] for key in get_args(r.SortKey)
+}  # a sort key is the name of its column
 RELATED_CAP = 50  # rows of any per-latent list (neighbours, tokens, logits, patterns)
 EXAMPLES_CAP = 200
 
@@ -46,7 +41,7 @@ def latent_filters(query: r.LatentQuery) -> list[sa.ColumnElement[bool]]:
     where: list[sa.ColumnElement[bool]] = []
     for flag in query.flags:
         where.append(padded_flags.contains(f" {flag} ", autoescape=True))
-    for flag in query.exclude_flags:
+    for flag in query.not_flags:
         where.append(~padded_flags.contains(f" {flag} ", autoescape=True))
     if query.min_density is not None:
         where.append(l.c.density >= query.min_density)

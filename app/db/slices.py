@@ -90,7 +90,7 @@ class LatentSlices:
         return self.explanation[latent_id] if 0 <= latent_id < self.n_latents else None
 
     def logit_effects_of(self, latent_id: int, text: TokenText) -> dict[str, list[r.LogitEffect]]:
-        effects: dict[str, list[r.LogitEffect]] = {"promoted": [], "suppressed": []}
+        effects: dict[str, list[r.LogitEffect]] = {kind: [] for kind in s.LOGIT_KINDS}
         for kind, token, value in self.logits.rows(
             latent_id, ("kind", "token_id", "value"), 2 * RELATED_CAP
         ):
@@ -109,10 +109,10 @@ class LatentSlices:
         rows = self.tokens.rows(latent_id, ("token_id", "count", "mean_activation"), RELATED_CAP)
         return [r.TokenCount(t, text(t), n, m) for t, n, m in rows]
 
-    def patterns_of(self, latent_id: int) -> list[r.Pattern]:
+    def patterns_of(self, latent_id: int) -> list[r.PatternRow]:
         names = ("pattern", "precision", "recall", "n_matches", "n_hits")
         return [
-            r.Pattern(p, _number(pr), _number(re), m, h)
+            r.PatternRow(p, _number(pr), _number(re), m, h)
             for p, pr, re, m, h in self.patterns.rows(latent_id, names, RELATED_CAP)
         ]
 
@@ -155,7 +155,7 @@ class ExampleColumns:
             ).order_by(e.c.latent_id, e.c.kind.desc(), e.c.band.desc().nulls_first(), e.c.rank),
         )
         self.latent = table.column("latent_id").to_numpy()
-        self.top = np.asarray(table.column("kind").to_pylist()) == "top"
+        self.top = np.asarray(table.column("kind").to_pylist()) == s.TOP
         self.rank = table.column("rank").to_numpy()
         self.band = table.column("band").fill_null(-1).to_numpy()
         self.context = table.column("context_id").to_numpy()
@@ -177,7 +177,7 @@ class ExampleColumns:
         rows = np.searchsorted(self.context_ids, self.context[first:last])  # (m,)
         return [
             r.Example(
-                kind="top" if self.top[i] else "quantile",
+                kind=s.TOP if self.top[i] else s.QUANTILE,
                 rank=int(self.rank[i]),
                 band=None if self.band[i] < 0 else int(self.band[i]),
                 context_id=int(self.context[i]),

@@ -41,11 +41,11 @@ def build_info(db: Annotated[IndexDB, Depends(db_of)]) -> r.BuildInfo:
     return db.build
 
 
-@router.get("/latents", response_model=r.LatentPage, responses=ERRORS)
+@router.get("/latents", response_model=r.LatentTablePage, responses=ERRORS)
 def list_latents(
     db: Annotated[IndexDB, Depends(db_of)],
     query: Annotated[r.LatentQuery, Depends(latent_query)],
-) -> r.LatentPage:
+) -> r.LatentTablePage:
     """A page of the latent table, sorted and filtered."""
     return db.latent_page(query)
 

@@ -20,8 +20,9 @@ from app.db import IndexDB
 from app.live import LiveEncoder
 from app.routes.params import MAX_QUERY, check_query_text, db_of, latent_query, live_of
 from app.settings import AppSettings
-from app.svg import activation_histogram_svg, density_histogram_svg
+from indexer import schema
 from sae.report import render_figures_html, sae_figures
+from sae.report.svg import histogram
 
 router = APIRouter(include_in_schema=False)
 LATENT_ID_BOUND = 2**31 - 1
@@ -51,9 +52,7 @@ def table_url(query: r.LatentQuery, **changes: Any) -> str:
     for key in ("sort", "order", "offset", "limit", "q", "min_density", "max_density"):
         if state[key] not in (None, "") and state[key] != defaults[key]:
             pairs.append((key, state[key]))
-    pairs += [("flag", f) for f in state["flags"]] + [
-        ("not_flag", f) for f in state["exclude_flags"]
-    ]
+    pairs += [("flag", f) for f in state["flags"]] + [("not_flag", f) for f in state["not_flags"]]
     return "/latents" + ("?" + urlencode(pairs) if pairs else "")
 
 
@@ -80,6 +79,33 @@ def report_figures(db: IndexDB) -> Markup:
     return Markup(render_figures_html(sae_figures(report))) if report else Markup("")
 
 
+def density_histogram_svg(bins: list[r.HistogramBin]) -> Markup:
+    """Live latents by log10 density (the bins are in log10 units); empty bins left out."""
+    return Markup(
+        histogram(
+            [b for b in bins if b.count > 0] or bins,
+            title="Density of all live latents",
+            x_label="log10 density (share of tokens a latent fires on)",
+            y_label="latents",
+            bar_label=lambda b: f"density 1e{b.lower:.2f} to 1e{b.upper:.2f}: {b.count:,} latents",
+        )
+    )
+
+
+def activation_histogram_svg(bins: list[r.HistogramBin]) -> Markup:
+    """A latent's activations on log-spaced bins, drawn on a log axis."""
+    return Markup(
+        histogram(
+            bins,
+            title="Activations where the latent fires",
+            x_label="activation (log scale)",
+            y_label="tokens",
+            x_log=True,
+            bar_label=lambda b: f"activation {b.lower:.3g} to {b.upper:.3g}: {b.count:,} tokens",
+        )
+    )
+
+
 @router.get("/latents", response_class=HTMLResponse)
 def latent_table(
     request: Request,
@@ -89,7 +115,7 @@ def latent_table(
     context = {
         "page": db.latent_page(query),
         "query": query,
-        "flags": r.FLAGS,
+        "flags": schema.FLAGS,
         "table_url": table_url,
     }
     return _render(request, "latents.html", "_latent_table.html", context)

@@ -63,7 +63,7 @@ def check_query_text(q: str, settings: AppSettings) -> str:
 
 def latent_query(
     request: Request,
-    sort: Annotated[SortKey, Query(description="column to sort by")] = "id",
+    sort: Annotated[SortKey, Query(description="column to sort by")] = "latent_id",
     order: Annotated[SortOrder, Query(description="asc or desc")] = "asc",
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int | None, Query(ge=1, le=MAX_LIMIT, description="page size")] = None,
@@ -89,7 +89,7 @@ def latent_query(
             limit=limit or settings.page_size,
             q=check_query_text(q, settings),
             flags=tuple(f for f in flag or () if f),
-            exclude_flags=tuple(f for f in not_flag or () if f),
+            not_flags=tuple(f for f in not_flag or () if f),
             min_density=min_density,
             max_density=max_density,
         )

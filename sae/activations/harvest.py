@@ -34,6 +34,7 @@ from sae.config import check_field_types
 from sae.errors import AtlasError
 from sae.files import write_json
 from sae.outputs import check_output_folder
+from sae.sinks import after_position_0
 from sae.version import VERSION
 
 log = logging.getLogger(__name__)
@@ -345,7 +346,7 @@ def _shard_activations(
     storage = cache.STORAGE_DTYPES[cfg.dtype]
     parts = []
     for batch in ids.split(cfg.batch_size):  # (b, T)
-        acts = residual_stream(lm, batch, cfg.layer)[:, 1:]  # (b, T-1, d): drop the sink
+        acts = after_position_0(residual_stream(lm, batch, cfg.layer))  # (b, T-1, d)
         stored = acts.to("cpu", storage)
         if not torch.isfinite(stored).all():
             peak = float(acts.abs().max())

@@ -1,8 +1,11 @@
-"""Where `indexer build` gets activations: a harvested cache, or the model run on the fly.
+"""Where activations come from: a harvested cache, or the model run on the fly.
 
-Both give the same thing: the token ids of every context, and the activations of whole
-contexts in numbered chunks (positions 1..T-1, position 0 — the attention sink — never), so a
-build can be split across torchrun ranks by chunk number.
+"Cache or stream" is decided here once for `indexer build` and `sae train`. Both sources give
+the token ids of every context and the activations of whole contexts (positions 1..T-1,
+position 0 — the attention sink — never). The indexer reads them in numbered chunks, so a build
+can be split across torchrun ranks by chunk number; training reads shuffled groups of rows of a
+`StreamSource` through `StreamSource.forward` (sae/training/stream.py), or a cache through its
+own shuffled shards (sae/training/batches.py).
 """
 
 from __future__ import annotations
@@ -18,7 +21,17 @@ import torch
 from sae.activations.cache import ActivationCache
 from sae.activations.contexts import build_contexts, contexts_needed
 from sae.activations.corpus import open_corpus
-from sae.activations.lm import LanguageModel, hook_description, residual_stream
+from sae.activations.lm import (
+    LanguageModel,
+    check_layer,
+    hook_description,
+    load_config,
+    load_lm,
+    residual_stream,
+)
+from sae.sinks import after_position_0
+
+CHUNK_CONTEXTS = 1024  # contexts per `StreamSource.chunk` unless told otherwise
 
 
 @dataclass(frozen=True)
@@ -103,6 +116,34 @@ class CacheSource:
         return table.take(pa.array(context_ids, pa.int64()))
 
 
+def open_stream(
+    model: str,
+    *,
+    layer: int,
+    corpus: str,
+    tokens: int,
+    context_length: int,
+    seed: int,
+    device: str,
+    chunk_contexts: int = CHUNK_CONTEXTS,
+) -> StreamSource:
+    """Model `model` on `device` over about `tokens` tokens of `corpus`, cut into contexts.
+
+    The layer is checked against the model's config before any weight is loaded.
+    """
+    check_layer(load_config(model), layer, name=model)
+    lm = load_lm(model, device=device)
+    return StreamSource(
+        lm,
+        corpus=corpus,
+        layer=layer,
+        tokens=tokens,
+        context_length=context_length,
+        seed=seed,
+        chunk_contexts=chunk_contexts,
+    )
+
+
 class StreamSource:
     """Contexts cut from a corpus and run through the model chunk by chunk, nothing cached."""
 
@@ -115,7 +156,7 @@ class StreamSource:
         tokens: int,
         context_length: int,
         seed: int,
-        chunk_contexts: int,
+        chunk_contexts: int = CHUNK_CONTEXTS,
         forward_batch: int = 32,
     ) -> None:
         source = open_corpus(corpus)
@@ -131,7 +172,8 @@ class StreamSource:
         self.per_chunk = chunk_contexts
         self.token_ids = contexts.token_ids
         self.n_contexts = len(contexts.token_ids)
-        self._doc_ids = np.asarray(contexts.documents, dtype=object)[contexts.doc_index]
+        self._documents = np.asarray(contexts.documents, dtype=object)  # doc_id of each read
+        self._doc_index = contexts.doc_index  # (N,) into _documents
         self._starts = np.asarray(contexts.start, np.int64)
         self.special_ids = np.asarray(sorted(set(lm.tokenizer.all_special_ids)), np.int64)
         self.excluded_ids = np.zeros(0, np.int64)
@@ -157,12 +199,17 @@ class StreamSource:
 
     def chunk(self, index: int) -> tuple[int, torch.Tensor]:
         first = index * self.per_chunk
-        ids = torch.from_numpy(np.asarray(self.token_ids[first : first + self.per_chunk]))
+        return first, self.forward(slice(first, first + self.per_chunk))  # (C, T-1, d)
+
+    def forward(self, rows: slice | np.ndarray) -> torch.Tensor:
+        """Float32 activations (C, T-1, d) on the CPU of the contexts `rows` (in that order),
+        positions 1.. only; the model runs over `forward_batch` contexts at a time."""
+        ids = torch.from_numpy(np.asarray(self.token_ids[rows])).long()  # (C, T)
         parts = [
-            residual_stream(self.lm, batch.long(), self.layer)[:, 1:].float().cpu()
+            after_position_0(residual_stream(self.lm, batch, self.layer)).float().cpu()
             for batch in ids.split(self.forward_batch)
         ]
-        return first, torch.cat(parts)  # (C, T-1, d)
+        return torch.cat(parts)  # (C, T-1, d)
 
     def median_norm(self) -> float:
         """Median norm over the first chunk: every rank computes the same number."""
@@ -172,10 +219,11 @@ class StreamSource:
         return self._median
 
     def context_table(self, context_ids: np.ndarray) -> pa.Table:
+        doc_ids = self._documents[self._doc_index[context_ids]]
         return pa.table(
             {
                 "context_id": pa.array(context_ids, pa.int64()),
-                "doc_id": pa.array(self._doc_ids[context_ids].tolist(), pa.string()),
+                "doc_id": pa.array(doc_ids.tolist(), pa.string()),
                 "start": pa.array(self._starts[context_ids], pa.int64()),
             }
         )

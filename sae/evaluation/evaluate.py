@@ -39,6 +39,7 @@ from sae.activations.lm import (
     vocab_size,
     vocabulary,
 )
+from sae.codes import is_firing
 from sae.config import check_field_types
 from sae.errors import AtlasError
 from sae.evaluation.quality import (
@@ -51,6 +52,7 @@ from sae.evaluation.quality import (
 )
 from sae.files import write_json
 from sae.model import SparseAutoencoder
+from sae.sinks import after_position_0, sink_mask, without_sinks
 
 
 @dataclass
@@ -157,8 +159,7 @@ def _splice(values: Callable[[Tensor], Tensor], limit: float) -> Callable[[Tenso
     """
 
     def replace(hidden: Tensor) -> Tensor:
-        sink = hidden.norm(dim=-1) > limit  # (B, T)
-        sink[:, 0] = True
+        sink = sink_mask(hidden, limit)  # (B, T)
         return torch.where(sink[..., None], hidden, values(hidden).to(hidden.dtype))
 
     return replace
@@ -229,13 +230,14 @@ def evaluate(
         clean = clean_pass(lm, token_ids, layer=layer, batch_size=batch_size)
     for batch, hidden, clean_logits, clean_loss in clean:
         losses["clean"] += len(batch) * clean_loss
-        x = hidden[:, 1:].float()  # (b, T-1, d)
-        x = x[x.norm(dim=-1) <= limit]  # (m, d) sinks left out, as in training
+        x = after_position_0(hidden).float().flatten(0, 1)  # (b*(T-1), d)
+        x = without_sinks(x, limit)  # (m, d) sinks left out, as in training
         out = model(x.to(model.device))
         xs.append(x.cpu())
         errs.append((x - out.sae_out.to(x.device)).cpu())
-        l0 += float((out.top_acts > 0).sum())
-        fired[out.top_indices[out.top_acts > 0].cpu()] = True
+        firing = is_firing(out.top_acts)  # (m, k)
+        l0 += float(firing.sum())
+        fired[out.top_indices[firing].cpu()] = True
         for name, values in variants.items():
             logits = logits_with(lm, batch, layer=layer, replace=_splice(values, limit))
             losses[name] += len(batch) * float(next_token_loss_of(logits, batch))

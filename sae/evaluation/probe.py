@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from sae import codes
 from sae.evaluation.probe_tasks import TASKS, label_contexts
 
 L2 = 1e-4  # on the standardised weight and the bias: keeps separable tasks finite
@@ -132,8 +133,8 @@ def best_single_latent_probe(
 
 def _fired(indices: np.ndarray, activations: np.ndarray) -> _Fired:
     """The entries of (N, k) codes that fired, in row order."""
-    rows, cols = np.nonzero(activations > 0)
-    return _Fired(rows, indices[rows, cols], activations[rows, cols].astype(np.float64))
+    where = codes.fired(activations, indices)
+    return _Fired(where.token, where.latent, where.activation.astype(np.float64))
 
 
 def _probe(
@@ -372,10 +373,10 @@ def _check_contexts(
             f"[{token_ids.min()}, {token_ids.max()}]"
         )
     S, T = token_ids.shape
-    for name, codes in (("indices", indices), ("activations", activations)):
-        if len(np.shape(codes)) != 3 or np.shape(codes)[:2] != (S, T - 1):
+    for name, values in (("indices", indices), ("activations", activations)):
+        if len(np.shape(values)) != 3 or np.shape(values)[:2] != (S, T - 1):
             raise ValueError(
                 f"{name}: expected ({S}, {T - 1}, k) for token_ids of shape {token_ids.shape}, "
-                f"got {np.shape(codes)}"
+                f"got {np.shape(values)}"
             )
     return token_ids

@@ -23,9 +23,11 @@ from torch import Tensor
 
 from sae.activations.cache import ActivationCache
 from sae.activations.lm import LanguageModel, logits_with
+from sae.codes import fired, is_firing
 from sae.evaluation.probe import probe_metric
 from sae.explain import TokenSample, explain_latents
 from sae.model import SparseAutoencoder
+from sae.sinks import is_sink
 
 NOISE = 1e-4  # logit changes below this share of the largest logit are rounding, not effects
 HELD_OUT_EVERY = 5  # every fifth context of the sample scores the explanations (20%)
@@ -76,12 +78,12 @@ def encode_sample(
     for rows in flat.split(batch):
         x = rows.to(model.device, torch.float32)  # (b, d)
         acts, idx = model.encode(x)  # (b, k)
-        acts = acts.masked_fill((x.norm(dim=-1) > limit)[:, None], 0.0)
+        acts = acts.masked_fill(is_sink(x, limit)[:, None], 0.0)
         indices.append(idx.cpu())
         values.append(acts.cpu())
     idx_all, acts_all = torch.cat(indices), torch.cat(values)  # (N, k)
     if model.cfg.activation == "relu":
-        width = max(int((acts_all > 0).sum(-1).max()), 1)
+        width = max(int(is_firing(acts_all).sum(-1).max()), 1)
         acts_all, order = acts_all.topk(width, dim=-1)  # (N, m)
         idx_all = idx_all.gather(1, order)
     shape = (*sample.activations.shape[:2], idx_all.shape[-1])
@@ -99,20 +101,22 @@ def explanation_quality(
     held_out = np.arange(len(token_ids)) % HELD_OUT_EVERY == HELD_OUT_EVERY - 1  # (S,)
     sample = TokenSample(token_ids, codes.indices, codes.activations, held_out)
     explanations = explain_latents(sample, n_latents=n_latents, vocab=vocab)
-    fired = np.unique(codes.indices[codes.activations > 0])
+    firing_latents = np.unique(fired(codes.activations, codes.indices).latent)
     precision = [e.precision for e in explanations if e.precision is not None]
     recall = [e.recall for e in explanations if e.recall is not None]
     return {
         "explanation_precision": float(np.median(precision)) if precision else None,
         "explanation_recall": float(np.median(recall)) if recall else None,
-        "explained_fraction": len(explanations) / len(fired) if len(fired) else None,
+        "explained_fraction": (
+            len(explanations) / len(firing_latents) if len(firing_latents) else None
+        ),
     }
 
 
 def rare_fraction(codes: Codes, *, n_latents: int) -> float:
     """Share of latents firing on fewer than RARE of the sample's tokens (never included):
     the nearly dead, which a short run's dead counter (not fired in its last quarter) misses."""
-    counts = np.bincount(codes.indices[codes.activations > 0], minlength=n_latents)  # (n,)
+    counts = np.bincount(fired(codes.activations, codes.indices).latent, minlength=n_latents)
     tokens = codes.indices.shape[0] * codes.indices.shape[1]
     return float(np.mean(counts < RARE * tokens))
 
@@ -159,7 +163,7 @@ def ablation_sparsity(
         c = q % len(token_ids)
         ids = token_ids[c, : p + window][None]  # (1, L)
         cut = hidden[c, : p + window].float()  # (L, d)
-        if p < 1 or float(cut[p].norm()) > limit:
+        if p < 1 or bool(is_sink(cut[p], limit)):
             continue  # an attention sink: the SAE does not read it
         deltas = latent_contributions(model, cut[p])  # (m, d)
         if len(deltas) == 0:
@@ -188,7 +192,7 @@ def latent_contributions(model: SparseAutoencoder, x: Tensor) -> Tensor:
     """What each active latent adds to the reconstruction of one raw activation x (d,):
     x̂ - x̂ without that latent, (m, d) for the m latents with activation > 0."""
     acts, idx = model.encode(x[None].to(model.device))  # (1, k)
-    active = (acts[0] > 0).nonzero().squeeze(1)  # (m,)
+    active = is_firing(acts[0]).nonzero().squeeze(1)  # (m,)
     if len(active) == 0:
         return torch.empty(0, x.shape[-1])
     stats = _stats(model, x)

@@ -49,8 +49,7 @@ CAPTIONS = {
     "quality-sparsity-vs-n": "How spread out the change of the logits is when one active latent "
     "is ablated, (|v|₁/|v|₂)² / size: 1/size for one logit, 1 for all alike; lower is sparser, "
     "which the paper takes as a sign of interpretable latents and finds improving with n.",
-    "training-nmse": "Fraction of variance unexplained on training batches; it should keep "
-    "falling as tokens grow.",
+    "training-nmse": "Normalized MSE on training batches; it should keep falling as tokens grow.",
     "training-dead": "Share of latents that have not fired recently; with tied init and AuxK the "
     "paper finds it stays low.",
     "probe-tasks": "Score of the single best latent on each binary probing task (1 − probe loss / "
@@ -80,7 +79,9 @@ DOWNSTREAM = (
         False,
     ),
 )
-TRAINING_NMSE = Metric("fvu", "training-nmse", "Training MSE against tokens", "normalized MSE")
+TRAINING_NMSE = Metric(
+    "nmse", "training-nmse", "Training normalized MSE against tokens", "normalized MSE"
+)
 TRAINING_DEAD = Metric(
     "dead_fraction", "training-dead", "Dead latents in training", "dead share", False
 )

@@ -15,24 +15,31 @@ from sae.errors import AtlasError
 from sae.report.scaling import fit_joint, fit_power_law
 
 METRICS = "metrics.jsonl"  # one line per logged step of `sae train`, in the SAE folder
+# Keys of a step's record that were renamed: a folder trained before reads as one trained now.
+RENAMED_METRICS = {"fvu": "nmse", "multi_topk_fvu": "multi_topk_nmse"}
 RESULTS = "results.jsonl"
 SETTINGS = "sweep.json"
 FITS = "fits.json"
 
 
 def read_metrics(folder: Path) -> list[dict[str, Any]]:
-    """Every step's record in `folder/metrics.jsonl` (none when absent); a line cut short by a
-    killed run is skipped."""
+    """Every step's record in `folder/metrics.jsonl` (none when absent), under today's keys; a
+    line cut short by a killed run is skipped."""
     path = folder / METRICS
     if not path.is_file():
         return []
     records = []
     for line in path.read_text().splitlines():
         try:
-            records.append(json.loads(line))
+            records.append(current_metric_keys(json.loads(line)))
         except json.JSONDecodeError:
             continue
     return records
+
+
+def current_metric_keys(record: dict[str, Any]) -> dict[str, Any]:
+    """A training step's record with the keys of RENAMED_METRICS under their new names."""
+    return {RENAMED_METRICS.get(key, key): value for key, value in record.items()}
 
 
 def read_results(out: Path) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""Line, scatter and bar charts as hand-written SVG strings, for reports that render offline.
+"""Line, scatter, bar and histogram charts as hand-written SVG, for reports that render offline.
 
 Pure functions: the same data give byte-identical markup, so reports diff cleanly. Colours and
 dashes are presentation attributes, never `style=`, so the same SVG passes the app's
@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from html import escape
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, Protocol
 
 Style = Literal["line", "points", "line+points", "dashed"]
 
@@ -140,14 +140,21 @@ def _attr(value: float | str) -> str:
     return f"{value:.1f}" if isinstance(value, float) else str(value)  # floats are pixels
 
 
-def _el(name: str, text: str | None = None, **attrs: float | str | None) -> str:
-    """One element, attributes and text escaped; `class_` is class, `_` in names becomes `-`."""
+def _el(
+    name: str, text: str | None = None, *, children: str | None = None, **attrs: float | str | None
+) -> str:
+    """One element, attributes and text escaped; `class_` is class, `_` in names becomes `-`.
+
+    `children` is markup already built by these functions, placed inside after the text.
+    """
     pairs = "".join(
         f' {key.rstrip("_").replace("_", "-")}="{escape(_attr(v))}"'
         for key, v in attrs.items()
         if v is not None
     )
-    return f"<{name}{pairs}/>" if text is None else f"<{name}{pairs}>{escape(text)}</{name}>"
+    if text is None and not children:
+        return f"<{name}{pairs}/>"
+    return f"<{name}{pairs}>{escape(text or '')}{children or ''}</{name}>"
 
 
 def _text(
@@ -334,4 +341,67 @@ def bars(
         anchor = "end" if tilt else "middle"
         parts.append(_text(middle, below, name, css="category", anchor=anchor, transform=turn))
         parts.append("</g>")
+    return "".join(parts) + "</svg>"
+
+
+class Bin(Protocol):
+    """One histogram bar: `count` values fell in [lower, upper)."""
+
+    @property
+    def lower(self) -> float: ...
+    @property
+    def upper(self) -> float: ...
+    @property
+    def count(self) -> int: ...
+
+
+def _bin_range(b: Bin) -> str:
+    return f"{b.lower:.3g} to {b.upper:.3g}: {b.count:,}"
+
+
+def histogram(
+    bins: Sequence[Bin],
+    *,
+    title: str,
+    x_label: str,
+    y_label: str,
+    x_log: bool = False,
+    bar_label: Callable[[Bin], str] = _bin_range,
+    width: int = 560,
+    height: int = 220,
+    color: str | None = None,
+) -> str:
+    """One bar per bin, its `bar_label` as hover text; bins an axis cannot show are dropped."""
+    kept = [
+        b for b in bins if _usable(b.lower, b.upper, x_log, x_log) and finite(b.count) is not None
+    ]
+    labels = [bar_label(b) for b in kept]
+    desc = "; ".join(labels) or "No data."
+    if dropped := len(bins) - len(kept):
+        desc += f" {dropped} bins not drawn (not finite, or not positive on log)."
+    svg = _open(width, height, title=title, desc=desc, css="chart histogram")
+    if not kept:
+        return svg + _text(width / 2, height / 2, "no data", css="empty") + "</svg>"
+    edges = [float(b.lower) for b in kept] + [float(b.upper) for b in kept]
+    x = _axis(edges, log=x_log, ticks=None, pixels=(LEFT, width - RIGHT))
+    y = _axis(
+        [0.0, *(float(b.count) for b in kept)], log=False, ticks=None, pixels=(height - BOTTOM, TOP)
+    )
+    y = y._replace(ticks=[t for t in y.ticks if t.is_integer()])  # no "0.5 latents"
+    parts = [svg, _frame(x, y, x_label=x_label, y_label=y_label, height=height)]
+    zero = y.at(0.0)
+    for b, label in zip(kept, labels, strict=True):
+        left, right, top = x.at(b.lower), x.at(b.upper), y.at(b.count)
+        parts.append(
+            _el(
+                "rect",
+                children=_el("title", label),
+                class_="bar",
+                x=left,
+                y=top,
+                width=max(right - left - 0.5, 0.5),  # a hairline gap between neighbours
+                height=zero - top,
+                fill=color or PALETTE[0],
+            )
+        )
     return "".join(parts) + "</svg>"

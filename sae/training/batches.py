@@ -20,16 +20,19 @@ from torch import Tensor
 
 from sae.activations.cache import ActivationCache
 from sae.errors import AtlasError
+from sae.sinks import is_read, sink_limit
 
 
 def valid_norms(cache: ActivationCache, max_norm_ratio: float) -> np.ndarray:
-    """(N, T-1) True where a token's norm is at most `max_norm_ratio` times the median.
+    """(N, T-1) True where a token is not an attention sink: its norm is at most the sink
+    limit, `max_norm_ratio` times the median (sae/sinks.py; 0 keeps every token).
 
     Besides position 0, a few tokens act as attention sinks with norms ~100x the median. Left
     in, they dominate the batch variance (and so the normalised MSE) while saying nothing about
     the features we want; so, like position 0, they are left out.
     """
-    return (cache.norms() <= max_norm_ratio * cache.median_norm()).numpy()  # (N, T-1)
+    limit = sink_limit(max_norm_ratio, cache.median_norm())
+    return is_read(cache.norms(), limit).numpy()  # (N, T-1), from the norms the cache stores
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,9 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from sae.activations.cache import STORAGE_DTYPES, ActivationCache
+from sae.activations.lm import hook_description
+from sae.activations.source import open_stream
+from sae.codes import is_firing
 from sae.config import Activation, Normalize, SaeConfig, check_field_types
 from sae.distributed import rank_and_world
 from sae.errors import AtlasError
@@ -131,7 +134,7 @@ class TrainState:
 
     step: int = 0
     tokens_seen: int = 0
-    fvu_denominator: float = 0.0
+    nmse_denominator: float = 0.0
     tokens_since_fired: torch.Tensor | None = None  # (n,) int64, in tokens since last fired
     data_state: dict[str, Any] = field(default_factory=dict)  # what a streamed source learned
 
@@ -170,24 +173,17 @@ def open_data(cfg: TrainConfig) -> DataSource:
             shuffled.tokens_per_epoch,
             STORAGE_DTYPES.get(str(manifest.get("dtype")), torch.float32).itemsize,
         )
-    from sae.activations.contexts import build_contexts, contexts_needed
-    from sae.activations.corpus import open_corpus
-    from sae.activations.lm import check_layer, hook_description, load_config, load_lm
-
-    check_layer(load_config(cfg.model), cfg.layer, name=cfg.model)  # before loading weights
-    lm = load_lm(cfg.model, device=cfg.device)
-    contexts = build_contexts(
-        open_corpus(cfg.corpus).documents(),
-        lm.tokenizer,
+    source = open_stream(
+        cfg.model,
+        layer=cfg.layer,
+        corpus=cfg.corpus,
+        tokens=cfg.tokens,
         context_length=cfg.context_length,
-        n_contexts=contexts_needed(cfg.tokens, cfg.context_length),
         seed=cfg.seed,
-        corpus_name=cfg.corpus,
+        device=cfg.device,
     )
     stream = StreamedTokens(
-        lm,
-        contexts.token_ids,
-        layer=cfg.layer,
+        source,
         batch_size=cfg.batch_size,
         shuffle_tokens=cfg.shuffle_tokens,
         seed=cfg.seed,
@@ -195,7 +191,7 @@ def open_data(cfg: TrainConfig) -> DataSource:
     )
     return DataSource(
         stream,
-        lm.d_model,
+        source.d_model,
         cfg.layer,
         stream.median_norm,
         {"model": cfg.model, "hook": hook_description(cfg.layer), "corpus": cfg.corpus},
@@ -289,7 +285,7 @@ def _run(
                 metrics_file.write(json.dumps(record) + "\n")
             bar.update(1)
             bar.set_postfix(
-                nmse=f"{record['fvu']:.3f}",
+                nmse=f"{record['nmse']:.3f}",
                 L0=f"{record['l0']:.1f}",
                 dead=f"{record['dead_fraction']:.1%}",
                 tok_s=f"{record['tokens_per_s']:.0f}",
@@ -316,7 +312,7 @@ def _run(
     return sae
 
 
-MIN_TOKENS_PER_PROCESS = 2  # a batch's variance, the FVU's denominator, needs two tokens
+MIN_TOKENS_PER_PROCESS = 2  # a batch's variance, the nmse's denominator, needs two tokens
 
 
 def fit_batch_size(batch_size: int, tokens_per_epoch: int, *, world: int, source: str) -> int:
@@ -395,13 +391,13 @@ def _setup(
     sae.init_from_data(sample, seed=cfg.seed)
     normalised, _ = sae.normalize(sample.to(cfg.device))
     variance = float((normalised - normalised.mean(0)).pow(2).sum(-1).mean())
-    if not variance > 0:  # also NaN: the FVU of every step would be x / 0
+    if not variance > 0:  # also NaN: the nmse of every step would be x / 0
         raise AtlasError(
             f"the first batch of {cfg.acts or cfg.corpus} has no variance ({variance:g}): "
             f"its {len(sample)} activations are all the same, so there is nothing to learn"
         )
     state = TrainState(
-        fvu_denominator=variance,
+        nmse_denominator=variance,
         tokens_since_fired=torch.zeros(cfg.latents, dtype=torch.long),
     )
     lr = cfg.lr or default_learning_rate(cfg.latents)
@@ -438,16 +434,16 @@ def _step(
     output = sae(
         batch,
         dead_mask=dead.to(batch.device) if dead is not None else None,
-        fvu_denominator=state.fvu_denominator,
+        nmse_denominator=state.nmse_denominator,
     )
-    loss = output.fvu + sae.cfg.auxk_coef * output.auxk_loss + output.multi_topk_fvu / 8
+    loss = output.nmse + sae.cfg.auxk_coef * output.auxk_loss + output.multi_topk_nmse / 8
     if cfg.l1_coef:
         loss = loss + cfg.l1_coef * output.l1
     _check_finite_loss(loss, output, step=state.step + 1, world=world)
     loss.backward()
     fired = torch.zeros(sae.cfg.n_latents, dtype=torch.long, device=batch.device)
     fired.index_add_(
-        0, output.top_indices.flatten(), (output.top_acts > 0).flatten().long()
+        0, output.top_indices.flatten(), is_firing(output.top_acts).flatten().long()
     )  # (n,)
     if world > 1:
         for param in sae.parameters():
@@ -472,7 +468,7 @@ def _check_finite_loss(loss: torch.Tensor, output: ForwardOutput, *, step: int, 
         dist.all_reduce(total)
     if bool(torch.isfinite(total).all()):
         return
-    terms = f"nmse {float(output.fvu.detach()):g}, auxk {float(output.auxk_loss.detach()):g}"
+    terms = f"nmse {float(output.nmse.detach()):g}, auxk {float(output.auxk_loss.detach()):g}"
     raise AtlasError(
         f"step {step}: the training loss is {float(total) / world:g} ({terms}); stopped before "
         "the weights turn non-finite, nothing saved past the last checkpoint; try a lower "
@@ -494,11 +490,11 @@ def _metrics(
     return {
         "step": state.step,
         "tokens": state.tokens_seen,
-        "fvu": float(output.fvu.detach()),
+        "nmse": float(output.nmse.detach()),
         "auxk_loss": float(output.auxk_loss.detach()),
-        "multi_topk_fvu": float(output.multi_topk_fvu.detach()),
+        "multi_topk_nmse": float(output.multi_topk_nmse.detach()),
         "l1": float(output.l1.detach()),
-        "l0": float((output.top_acts > 0).sum(-1).float().mean()),
+        "l0": float(is_firing(output.top_acts).sum(-1).float().mean()),
         "dead_fraction": float((state.tokens_since_fired >= dead_tokens).float().mean()),
         "lr": lr,
         "tokens_per_s": (state.tokens_seen - tokens_at_start) / elapsed,
@@ -525,4 +521,12 @@ def load_checkpoint(
     optimizer = make_optimizer(sae, 1.0)
     optimizer.load_state_dict(saved["optimizer"])
     torch.set_rng_state(saved["rng"])
-    return sae, optimizer, TrainState(**saved["state"])
+    return sae, optimizer, train_state(saved["state"])
+
+
+def train_state(saved: dict[str, Any]) -> TrainState:
+    """A checkpoint's TrainState; one saved before the rename has `fvu_denominator`."""
+    state = dict(saved)
+    if "fvu_denominator" in state:
+        state["nmse_denominator"] = state.pop("fvu_denominator")
+    return TrainState(**state)

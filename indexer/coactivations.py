@@ -13,26 +13,7 @@ import numpy as np
 import torch
 
 from indexer.ranking import Ranked, concat, rank_in_runs
-
-
-class FiredCodes(NamedTuple):
-    """The sample's fires, one row per (token, latent) with activation > 0."""
-
-    latent: np.ndarray  # (F,)
-    activation: np.ndarray  # (F,) float32
-    token_id: np.ndarray  # (F,) the token's vocabulary id
-
-
-def fired_codes(token_ids: np.ndarray, activations: np.ndarray, indices: np.ndarray) -> FiredCodes:
-    """From a sample's tokens (S, T) and codes (S, T-1, k)."""
-    k = activations.shape[-1]
-    acts, idx = activations.reshape(-1, k), indices.reshape(-1, k)  # (M, k)
-    token, slot = np.nonzero(acts > 0)  # (F,)
-    return FiredCodes(
-        latent=idx[token, slot].astype(np.int64),
-        activation=acts[token, slot],
-        token_id=token_ids[:, 1:].reshape(-1)[token].astype(np.int64),
-    )
+from sae.codes import Fired, fired, is_firing
 
 
 class Coactivation(NamedTuple):
@@ -55,13 +36,12 @@ def coactivations(
     a gather, and their counts a bincount into a (block, n) array.
     """
     k = activations.shape[-1]
-    acts = torch.from_numpy(activations.reshape(-1, k))  # (M, k)
-    idx = torch.from_numpy(indices.reshape(-1, k)).long()
-    fired = acts > 0
-    idx = torch.where(fired, idx, n_latents)  # silent slots point at a spare column
-    fires = torch.bincount(idx[fired], minlength=n_latents)[:n_latents]  # (n,)
-    token, slot = fired.nonzero(as_tuple=True)  # (F,) every fire
-    owner_all = idx[token, slot]
+    every = fired(activations, indices)
+    token, owner_all = torch.from_numpy(every.token), torch.from_numpy(every.latent)  # (F,)
+    fires = torch.bincount(owner_all, minlength=n_latents)[:n_latents]  # (n,)
+    idx = torch.from_numpy(indices.reshape(-1, k)).long()  # (M, k)
+    firing = torch.from_numpy(is_firing(activations.reshape(-1, k)))
+    idx = torch.where(firing, idx, n_latents)  # silent slots point at a spare column
     block = max(1, max_cells // (n_latents + 1))
     parts, counts = [], []
     for first in range(0, n_latents, block):
@@ -98,14 +78,18 @@ class TokenTable(NamedTuple):
     mean_activation: np.ndarray
 
 
-def token_tables(fired: FiredCodes, *, vocab_size: int, top: int) -> tuple[TokenTable, TokenTable]:
-    """(latent → the tokens it fires on most, token → the latents that fire on it most)."""
-    pair = fired.latent * vocab_size + fired.token_id
+def token_tables(
+    fires: Fired, token_ids: np.ndarray, *, vocab_size: int, top: int
+) -> tuple[TokenTable, TokenTable]:
+    """(latent → the tokens it fires on most, token → the latents that fire on it most), from
+    the fires of codes (S, T-1, k) of the contexts `token_ids` (S, T)."""
+    token_id = token_ids[:, 1:].reshape(-1)[fires.token].astype(np.int64)  # (F,) vocabulary ids
+    pair = fires.latent * vocab_size + token_id
     ordered = np.sort(pair)  # np.unique's inverse costs a slower argsort: search instead
     starts = np.flatnonzero(np.r_[len(ordered) > 0, ordered[1:] != ordered[:-1]])
     unique, count = ordered[starts], np.diff(np.r_[starts, len(ordered)])
     inverse = np.searchsorted(unique, pair)
-    mean = np.bincount(inverse, weights=fired.activation, minlength=len(unique)) / count
+    mean = np.bincount(inverse, weights=fires.activation, minlength=len(unique)) / count
     latent, token = unique // vocab_size, unique % vocab_size
     return _ranked(latent, token, count, mean, top), _ranked(token, latent, count, mean, top)
 
