@@ -12,7 +12,7 @@ RUN ?= runs/demo
 BENCH_RUN ?= runs/bench
 
 .PHONY: help setup system chromium demo demo-index test lint typecheck pytest bench bench-index \
-	bench-serve sweep check-peers clean
+	bench-scale bench-serve sweep check-peers clean
 
 help:
 	@echo "make demo   harvest activations of the default model, train an SAE on them, evaluate and"
@@ -113,6 +113,13 @@ bench-index: demo-index
 	$(BIN)/sae harvest --model default --layer 15 --corpus pydocs --tokens 1000000 \
 		--context-length 64 --out $(BENCH_RUN)/acts
 	$(BIN)/python bench/index.py --acts $(BENCH_RUN)/acts --sae $(RUN)/sae
+
+# `indexer build` of untrained tied-init SAEs 4,608 and 65,536 wide (WIDE=1: and 262,144) over
+# the demo's 200k activations: build time next to read+encode, peak RSS, index size, growth in n.
+bench-scale: setup
+	$(BIN)/sae harvest --model default --layer 15 --corpus pydocs --tokens $(TOKENS) \
+		--context-length 64 --out $(RUN)/acts
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/scale.py --acts $(RUN)/acts $(if $(WIDE),--wide)
 
 # SAEs written by sae-lens's and sparsify's own code load here with the same encoding, and
 # sae-lens loads our export (the peers live in their own venv, .venv-peers).

@@ -43,10 +43,13 @@ def coactivations(
     firing = torch.from_numpy(is_firing(activations.reshape(-1, k)))
     idx = torch.where(firing, idx, n_latents)  # silent slots point at a spare column
     block = max(1, max_cells // (n_latents + 1))
+    # Fires grouped by latent once, so each block's are a slice (counts ignore their order).
+    by_owner = torch.argsort(owner_all, stable=True)  # (F,)
+    bounds = torch.searchsorted(owner_all[by_owner], torch.arange(0, n_latents + block, block))
     parts, counts = [], []
     for first in range(0, n_latents, block):
         last = min(first + block, n_latents)
-        mine = ((owner_all >= first) & (owner_all < last)).nonzero(as_tuple=True)[0]
+        mine = by_owner[bounds[first // block] : bounds[first // block + 1]]
         owner = (owner_all[mine] - first).unsqueeze(1)  # (f, 1)
         partner = idx[token[mine]]  # (f, k): every latent on the same token
         cells = (owner * (n_latents + 1) + partner).reshape(-1)

@@ -11,6 +11,10 @@ from indexer.accumulate import Chunk
 from sae.model import SparseAutoencoder
 from sae.sinks import is_sink
 
+# Pre-activations held at once, (batch, n) float32: 256 MiB. Wide SAEs encode fewer tokens a
+# batch, so memory does not grow with the width (each token's code does not depend on its batch).
+ENCODE_CELLS = 1 << 26
+
 
 class EncodedChunk(NamedTuple):
     """A chunk's codes, with the count of tokens encoded and of attention sinks left out."""
@@ -41,6 +45,7 @@ def encode_chunk(
     top_acts = torch.empty(len(x), sae.cfg.k)  # (M, k)
     top_indices = torch.empty(len(x), sae.cfg.k, dtype=torch.long)
     sink = torch.empty(len(x), dtype=torch.bool)
+    batch_tokens = min(batch_tokens, max(1, ENCODE_CELLS // sae.cfg.n_latents))
     for start in range(0, len(x), batch_tokens):
         batch = x[start : start + batch_tokens].to(sae.device, torch.float32)  # (b, d)
         acts, indices = sae.encode(batch)

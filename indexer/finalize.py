@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
@@ -15,6 +16,7 @@ from indexer.coactivations import TokenTable, coactivations, token_tables
 from indexer.config import BuildConfig
 from indexer.geometry import decoder_neighbours, logit_effects
 from indexer.ranking import Ranked
+from indexer.store import Rows
 from sae import explain
 from sae.activations.lm import LanguageModel, vocab_size, vocabulary
 from sae.activations.source import ActivationSource
@@ -37,7 +39,7 @@ def assemble(
     lm: LanguageModel,
     source: ActivationSource,
     cfg: BuildConfig,
-) -> tuple[dict[str, pa.Table], dict[str, Any]]:
+) -> tuple[dict[str, Rows], dict[str, Any]]:
     """All tables but `build`, and the numbers the summary and the build row report."""
     n = sae.cfg.n_latents
     w_u, gain = unembedding(lm)
@@ -63,7 +65,7 @@ def assemble(
     examples, bands = _examples(acc, n_latents=n, cfg=cfg)
     out = {
         "vocab": _vocab(texts, special),
-        "contexts": _contexts(source, np.unique(examples.column("context_id").to_numpy())),
+        "contexts": _contexts(source, np.unique(examples.context_ids)),
         "latents": tables.latents_table(
             acc.stats,
             top_token_text=_top_token_text(latent_tokens, texts, n_latents=n),
@@ -71,7 +73,7 @@ def assemble(
             precision=explained.precision,
             recall=explained.recall,
         ),
-        "examples": examples,
+        "examples": pa.RecordBatchReader.from_batches(tables.EXAMPLE_SCHEMA, examples.batches),
         "quantile_bands": bands,
         "activation_histograms": tables.activation_histograms(acc.stats),
         "density_histogram": tables.density_histogram(acc.stats),
@@ -119,15 +121,22 @@ def _explained(
     return Explained(text, precision, recall, patterns, len(explanations))
 
 
-def _examples(acc: Accumulators, *, n_latents: int, cfg: BuildConfig) -> tuple[pa.Table, pa.Table]:
-    """The `examples` table (top examples, then quantile examples) and `quantile_bands`."""
+def _examples(
+    acc: Accumulators, *, n_latents: int, cfg: BuildConfig
+) -> tuple[tables.Examples, pa.Table]:
+    """The `examples` rows (top examples, then quantile examples) and `quantile_bands`."""
     quantile, bands = tables.quantile_examples(
         acc.sample.kept(),
         n_latents=n_latents,
         bands=cfg.quantile_bands,
         per_band=cfg.examples_per_band,
     )
-    return pa.concat_tables([tables.top_examples(acc.top.kept()), quantile]), bands
+    top = tables.top_examples(acc.top.kept())
+    examples = tables.Examples(
+        np.concatenate([top.context_ids, quantile.context_ids]),
+        itertools.chain(top.batches, quantile.batches),
+    )
+    return examples, bands
 
 
 def _top_token_text(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from indexer.rows import SparseRows
 from sae.codes import fired
 
 
@@ -85,12 +86,21 @@ class ContextPairs:
             return kth.view(np.uint64) ^ np.uint64(1 << 63)
         return kth
 
-    def rows(self, pairs: np.ndarray) -> np.ndarray:
-        """(len(pairs), T-1) float32: each pair's latent on every token of its context."""
-        slot = np.zeros(self.n_latents * self.n_contexts, np.int32)
-        slot[self.pair_cell[pairs]] = np.arange(1, len(pairs) + 1)
-        row = slot[self.cell] - 1  # (E,) the row a fire belongs to, -1 if none
-        keep = row >= 0
-        out = np.zeros((len(pairs), self.positions), np.float32)
-        out[row[keep], self.flat[keep] % self.positions] = self.activation[keep]
-        return out
+    def rows(self, pairs: np.ndarray) -> tuple[SparseRows, np.ndarray]:
+        """Each pair's latent on every token of its context, as its fires (sparse, float16),
+        and the first position (1..T-1) of its largest activation. `pairs` is ascending."""
+        wanted = self.pair_cell[pairs]  # (m,) ascending, like pair_cell
+        row = np.minimum(np.searchsorted(wanted, self.cell), len(wanted) - 1)  # (E,)
+        keep = np.flatnonzero(wanted[row] == self.cell)  # the fires of the wanted pairs
+        position = self.flat[keep] % self.positions  # (F,) 0..T-2
+        order = np.argsort(row[keep] * self.positions + position, kind="stable")
+        row, position, value = row[keep][order], position[order], self.activation[keep][order]
+        # the first position of the maximum, as argmax over the dense row finds it
+        at_max = np.flatnonzero(
+            value == self.pair_max[pairs][row]
+        )  # ascending: by row, then position
+        first = at_max[np.r_[True, row[at_max][1:] != row[at_max][:-1]]]  # one a row
+        peak = np.zeros(len(pairs), np.int64)
+        peak[row[first]] = position[first].astype(np.int64) + 1
+        rows = SparseRows.of_fires(row, position, value, m=len(pairs), width=self.positions)
+        return rows, peak

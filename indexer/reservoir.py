@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
 import numpy as np
-import torch
 
 from indexer.fires import ContextPairs
 from indexer.ranking import rank_in_runs
+from indexer.rows import SparseRows
 
 Kind = Literal["strongest", "hash"]
 
@@ -34,7 +34,7 @@ class Kept(NamedTuple):
     context: np.ndarray  # (m,) global context id
     position: np.ndarray  # (m,) position of the largest activation, 1..T-1
     activation: np.ndarray  # (m,) float32 the largest activation in the context
-    rows: np.ndarray  # (m, T-1) float16 the latent on every token at positions 1..T-1
+    rows: SparseRows  # (m, T-1) float16 the latent on every token at positions 1..T-1
 
 
 def _empty(positions: int, kind: Kind) -> Kept:
@@ -44,12 +44,19 @@ def _empty(positions: int, kind: Kind) -> Kept:
         context=np.zeros(0, np.int64),
         position=np.zeros(0, np.int64),
         activation=np.zeros(0, np.float32),
-        rows=np.zeros((0, positions), np.float16),
+        rows=SparseRows.empty(positions),
     )
 
 
 def _concat(parts: list[Kept]) -> Kept:
-    return Kept(*(np.concatenate([getattr(p, f) for p in parts]) for f in Kept._fields))
+    flat = {f: np.concatenate([getattr(p, f) for p in parts]) for f in Kept._fields[:-1]}
+    return Kept(**flat, rows=SparseRows.concat([p.rows for p in parts]))
+
+
+def _take(kept: Kept, index: np.ndarray) -> Kept:
+    """The pairs `index`, in that order."""
+    flat = {f: getattr(kept, f)[index] for f in Kept._fields[:-1]}
+    return Kept(**flat, rows=kept.rows.take(index))
 
 
 @dataclass
@@ -81,15 +88,15 @@ class Reservoir:
             pairs = pairs[order[pairs] <= limit]
         if len(pairs) == 0:
             return
-        rows = fires.rows(pairs)  # (m, T-1) float32
+        rows, position = fires.rows(pairs)
         self._add(
             Kept(
                 latent=fires.pair_latent[pairs],
                 order=order[pairs],
                 context=fires.pair_context[pairs],
-                position=rows.argmax(axis=1) + 1,  # the first position of the maximum
+                position=position,  # the first position of the maximum
                 activation=fires.pair_max[pairs],
-                rows=torch.from_numpy(rows).half().numpy(),  # torch converts far faster
+                rows=rows,
             )
         )
 
@@ -119,7 +126,7 @@ class Reservoir:
         else:
             sort = np.lexsort((every.context, every.order, every.latent))
         keep = sort[rank_in_runs(every.latent[sort]) < self.capacity]
-        self.merged = Kept(*(getattr(every, f)[keep] for f in Kept._fields))
+        self.merged = _take(every, keep)
         self._update_bound()
 
     def _update_bound(self) -> None:

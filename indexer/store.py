@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import pyarrow as pa
 import sqlalchemy as sa
 
 from indexer import schema
+
+Rows: TypeAlias = (
+    pa.Table | pa.RecordBatchReader
+)  # a table's rows, whole or streamed a batch at a time
 
 
 def temporary_path(out: Path) -> Path:
@@ -39,7 +43,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def write_index(out: Path, tables: dict[str, pa.Table]) -> None:
+def write_index(out: Path, tables: dict[str, Rows]) -> None:
     """Create every table of `schema`, bulk-load `tables` into them, rename into `out`."""
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(out)
@@ -54,7 +58,7 @@ def write_index(out: Path, tables: dict[str, pa.Table]) -> None:
     os.replace(tmp, out)
 
 
-def _write(path: Path, tables: dict[str, pa.Table]) -> None:
+def _write(path: Path, tables: dict[str, Rows]) -> None:
     engine = sa.create_engine(f"duckdb:///{path}")
     try:
         schema.metadata.create_all(engine)
@@ -74,13 +78,13 @@ def _write(path: Path, tables: dict[str, pa.Table]) -> None:
         engine.dispose()
 
 
-def _insert(connection: Any, name: str, table: pa.Table) -> None:
-    """Bulk insert through DuckDB's Arrow scan, by column name."""
+def _insert(connection: Any, name: str, table: Rows) -> None:
+    """Bulk insert through DuckDB's Arrow scan, by column name; a reader's batches stream in."""
     known = {c.name for c in schema.metadata.tables[name].columns}
-    unknown = set(table.column_names) - known
+    unknown = set(table.schema.names) - known
     if unknown:
         raise ValueError(f"table {name}: no column(s) {', '.join(sorted(unknown))}")
-    columns = ", ".join(f'"{c}"' for c in table.column_names)
+    columns = ", ".join(f'"{c}"' for c in table.schema.names)
     view = f"incoming_{name}"
     connection.register(view, table)
     try:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import NamedTuple
+
 import numpy as np
 import pyarrow as pa
 
@@ -12,6 +15,28 @@ from indexer.reservoir import Kept
 
 DENSE_DENSITY = 0.1  # a latent firing on more than 10% of tokens is flagged dense
 DOMINATED_SHARE = 0.5  # ... and one with most fires on special or repeated tokens
+EXAMPLE_BATCH = 1 << 15  # examples whose dense activation rows are made at once
+
+EXAMPLE_SCHEMA = pa.schema(
+    [
+        ("latent_id", pa.int32()),
+        ("kind", pa.string()),
+        ("rank", pa.int32()),
+        ("band", pa.int32()),
+        ("context_id", pa.int32()),
+        ("position", pa.int32()),
+        ("activation", pa.float32()),
+        ("activations", pa.list_(pa.float32())),
+    ]
+)
+
+
+class Examples(NamedTuple):
+    """Rows of the `examples` table: their contexts now, the rows a batch at a time when
+    written (each with its dense activation row, which only the batch holds)."""
+
+    context_ids: np.ndarray  # (r,) the context of every row
+    batches: Iterator[pa.RecordBatch]
 
 
 def list_array(rows: np.ndarray, value_type: pa.DataType) -> pa.ListArray:
@@ -83,14 +108,14 @@ def _with_position_zero(rows: np.ndarray) -> np.ndarray:
     return np.concatenate([np.zeros((len(rows), 1), np.float32), rows.astype(np.float32)], axis=1)
 
 
-def top_examples(top: Kept) -> pa.Table:
+def top_examples(top: Kept) -> Examples:
     """The reservoir is sorted by latent then activation, strongest first: rank = that order."""
     return _examples(top, np.arange(len(top.latent)), s.TOP, rank_in_runs(top.latent), None)
 
 
 def quantile_examples(
     sample: Kept, *, n_latents: int, bands: int, per_band: int
-) -> tuple[pa.Table, pa.Table]:
+) -> tuple[Examples, pa.Table]:
     """Cut each latent's uniform sample of contexts into rank-quantile bands of activation.
 
     Band b holds the contexts whose rank among the sample's activations (ascending, zeros never
@@ -136,21 +161,31 @@ def _band_table(
 
 def _examples(
     source: Kept, rows: np.ndarray, kind: str, rank: np.ndarray, band: np.ndarray | None
-) -> pa.Table:
-    return pa.table(
-        {
-            "latent_id": pa.array(source.latent[rows], pa.int32()),
-            "kind": pa.array([kind] * len(rows), pa.string()),
-            "rank": pa.array(rank, pa.int32()),
-            "band": pa.array(band, pa.int32())
-            if band is not None
-            else pa.nulls(len(rows), pa.int32()),
-            "context_id": pa.array(source.context[rows], pa.int32()),
-            "position": pa.array(source.position[rows], pa.int32()),
-            "activation": pa.array(source.activation[rows], pa.float32()),
-            "activations": list_array(_with_position_zero(source.rows[rows]), pa.float32()),
-        }
-    )
+) -> Examples:
+    return Examples(source.context[rows], _example_batches(source, rows, kind, rank, band))
+
+
+def _example_batches(
+    source: Kept, rows: np.ndarray, kind: str, rank: np.ndarray, band: np.ndarray | None
+) -> Iterator[pa.RecordBatch]:
+    for first in range(0, len(rows), EXAMPLE_BATCH):
+        part = slice(first, first + EXAMPLE_BATCH)
+        mine = rows[part]
+        yield pa.RecordBatch.from_arrays(
+            [
+                pa.array(source.latent[mine], pa.int32()),
+                pa.array([kind] * len(mine), pa.string()),
+                pa.array(rank[part], pa.int32()),
+                pa.array(band[part], pa.int32())
+                if band is not None
+                else pa.nulls(len(mine), pa.int32()),
+                pa.array(source.context[mine], pa.int32()),
+                pa.array(source.position[mine], pa.int32()),
+                pa.array(source.activation[mine], pa.float32()),
+                list_array(_with_position_zero(source.rows.take(mine).dense()), pa.float32()),
+            ],
+            schema=EXAMPLE_SCHEMA,
+        )
 
 
 def activation_histograms(stats: LatentStats) -> pa.Table:
