@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from indexer.ranking import Ranked, concat, rank_in_runs
-from sae.codes import Fired, fired, is_firing
+from sae.codes import Fired, is_firing
+from sae.explain import TokenSample
 
 
 class Coactivation(NamedTuple):
@@ -23,20 +24,15 @@ class Coactivation(NamedTuple):
 
 @torch.no_grad()
 def coactivations(
-    activations: np.ndarray,
-    indices: np.ndarray,
-    *,
-    n_latents: int,
-    top: int,
-    max_cells: int = 1 << 22,
+    sample: TokenSample, *, n_latents: int, top: int, max_cells: int = 1 << 22
 ) -> Coactivation:
     """Each latent's most co-active latents by Jaccard index over the sample's tokens.
 
     Codes (M, k): a token's k slots are its co-members, so the pairs of a block of latents are
     a gather, and their counts a bincount into a (block, n) array.
     """
+    activations, indices, every = sample.activations, sample.indices, sample.fires
     k = activations.shape[-1]
-    every = fired(activations, indices)
     token, owner_all = torch.from_numpy(every.token), torch.from_numpy(every.latent)  # (F,)
     fires = torch.bincount(owner_all, minlength=n_latents)[:n_latents]  # (n,)
     idx = torch.from_numpy(indices.reshape(-1, k)).long()  # (M, k)

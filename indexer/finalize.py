@@ -20,7 +20,6 @@ from indexer.store import Rows
 from sae import explain
 from sae.activations.lm import LanguageModel, vocab_size, vocabulary
 from sae.activations.source import ActivationSource
-from sae.codes import fired
 from sae.model import SparseAutoencoder
 
 
@@ -45,15 +44,14 @@ def assemble(
     w_u, gain = unembedding(lm)
     n_tokens = vocab_size(lm)
     sample = acc.tokens.sample(held_out_fraction=cfg.held_out)
+    fires = sample.fires  # found here, once, before the threads read it
     # Independent steps run side by side: the GEMMs use both cores, the counting mostly one.
     with ThreadPoolExecutor(max_workers=2) as pool:
         vocab_job = pool.submit(vocabulary, lm, n_tokens)
-        coactivations_job = pool.submit(
-            coactivations, sample.activations, sample.indices, n_latents=n, top=cfg.coactive
-        )
+        coactivations_job = pool.submit(coactivations, sample, n_latents=n, top=cfg.coactive)
         weights_job = pool.submit(_weight_tables, sae, w_u, gain, cfg)
         latent_tokens, token_latents = token_tables(
-            fired(sample.activations, sample.indices),
+            fires,
             sample.token_ids,
             vocab_size=n_tokens,
             top=cfg.top_tokens,

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import NamedTuple
 
 import numpy as np
@@ -69,6 +70,12 @@ class TokenSample:
             raise ValueError("activations must have the shape of indices")
         if self.held_out.shape != (n_contexts,):
             raise ValueError(f"held_out must be ({n_contexts},)")
+
+    @cached_property
+    def fires(self) -> Fired:
+        """Where the codes fire, tokens flat over (S, T-1): found once for everyone who reads
+        the sample (explanations, co-activation, token tables)."""
+        return fired(self.activations, self.indices)
 
 
 class Pattern(NamedTuple):
@@ -145,7 +152,7 @@ def explain_latents(
         raise ValueError("max_patterns and min_matches must be at least 1")
     mining = ~sample.held_out.astype(bool)  # (S,)
     table = ngram_table(sample.token_ids, max_n=max_n, bits=bits)
-    fires = fired(sample.activations, sample.indices)  # tokens flat over (S, T-1)
+    fires = sample.fires
     length = sample.token_ids.shape[1] - 1
     fire_mining = mining[fires.token // length]  # (F,)
     position_mining = np.repeat(mining, length)  # (S*(T-1),)

@@ -101,7 +101,7 @@ def explanation_quality(
     held_out = np.arange(len(token_ids)) % HELD_OUT_EVERY == HELD_OUT_EVERY - 1  # (S,)
     sample = TokenSample(token_ids, codes.indices, codes.activations, held_out)
     explanations = explain_latents(sample, n_latents=n_latents, vocab=vocab)
-    firing_latents = np.unique(fired(codes.activations, codes.indices).latent)
+    firing_latents = np.unique(sample.fires.latent)
     precision = [e.precision for e in explanations if e.precision is not None]
     recall = [e.recall for e in explanations if e.recall is not None]
     return {
