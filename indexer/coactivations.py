@@ -22,14 +22,21 @@ class Coactivation(NamedTuple):
     together: np.ndarray  # tokens where both fire
 
 
+PAIRS_PER_BLOCK = 1 << 22  # (owner, partner) pairs counted at once: ~100 MB of working arrays
+LOW = (1 << 32) - 1
+
+
 @torch.no_grad()
 def coactivations(
-    sample: TokenSample, *, n_latents: int, top: int, max_cells: int = 1 << 22
+    sample: TokenSample, *, n_latents: int, top: int, max_pairs: int = PAIRS_PER_BLOCK
 ) -> Coactivation:
     """Each latent's most co-active latents by Jaccard index over the sample's tokens.
 
-    Codes (M, k): a token's k slots are its co-members, so the pairs of a block of latents are
-    a gather, and their counts a bincount into a (block, n) array.
+    Ranked by Jaccard (the float32 value stored), ties by the smaller latent id. A token's k
+    slots are its co-members, so each fire's partners are a gather from the codes (M, k). The
+    pairs of a block of owners are counted exactly: into a (block, n) grid where that grid is
+    no bigger than the pairs (narrow SAEs), else by sorting the pairs (wide ones), so time and
+    memory follow the number of pairs, never n^2.
     """
     activations, indices, every = sample.activations, sample.indices, sample.fires
     k = activations.shape[-1]
@@ -38,33 +45,88 @@ def coactivations(
     idx = torch.from_numpy(indices.reshape(-1, k)).long()  # (M, k)
     firing = torch.from_numpy(is_firing(activations.reshape(-1, k)))
     idx = torch.where(firing, idx, n_latents)  # silent slots point at a spare column
-    block = max(1, max_cells // (n_latents + 1))
     # Fires grouped by latent once, so each block's are a slice (counts ignore their order).
     by_owner = torch.argsort(owner_all, stable=True)  # (F,)
-    bounds = torch.searchsorted(owner_all[by_owner], torch.arange(0, n_latents + block, block))
-    parts, counts = [], []
-    for first in range(0, n_latents, block):
-        last = min(first + block, n_latents)
-        mine = by_owner[bounds[first // block] : bounds[first // block + 1]]
-        owner = (owner_all[mine] - first).unsqueeze(1)  # (f, 1)
-        partner = idx[token[mine]]  # (f, k): every latent on the same token
-        cells = (owner * (n_latents + 1) + partner).reshape(-1)
-        both = torch.bincount(cells, minlength=(last - first) * (n_latents + 1))
-        both = both.view(last - first, n_latents + 1)[:, :n_latents].clone()  # (b, n)
-        rows = torch.arange(last - first)
-        both[rows, rows + first] = 0  # a latent with itself
-        union = fires[first:last, None] + fires[None, :] - both
-        jaccard = both / union.clamp(min=1)  # (b, n), 0 where never together
-        best = jaccard.topk(min(top, n_latents - 1), dim=1)  # ties: a fixed order
-        keep = best.values > 0
-        row = rows.unsqueeze(1).expand_as(best.indices)[keep]
-        rank = torch.arange(best.indices.shape[1]).expand_as(best.indices)[keep]
-        other = best.indices[keep]
-        parts.append(
-            Ranked((row + first).numpy(), rank.numpy(), other.numpy(), best.values[keep].numpy())
+    starts = torch.searchsorted(owner_all[by_owner], torch.arange(n_latents + 1))  # (n + 1,)
+    partners = firing.sum(dim=1)[token] - 1  # (F,) the other latents on each fire's token
+    per_owner = torch.bincount(owner_all, weights=partners.double(), minlength=n_latents)
+    parts = []
+    for first, last in _owner_blocks(per_owner[:n_latents].long(), max_pairs=max_pairs):
+        mine = by_owner[starts[first] : starts[last]]
+        owner = owner_all[mine] - first  # (f,) within the block
+        partner = idx[token[mine]]  # (f, k): every latent on the same token, itself included
+        cells = owner.unsqueeze(1) * (n_latents + 1) + partner  # (f, k) into a (b, n + 1) grid
+        pairs = Pairs(first, last - first, n_latents, fires)
+        if (last - first) * (n_latents + 1) <= 4 * cells.numel() + (1 << 16):
+            parts.append(pairs.from_grid(cells.reshape(-1), top=top))
+        else:
+            real = (partner != n_latents) & (partner != owner.unsqueeze(1) + first)
+            parts.append(pairs.from_sorted(cells[real], top=top))
+    if not parts:
+        empty = np.zeros(0, np.int64)
+        return Coactivation(Ranked(empty, empty, empty, np.zeros(0, np.float32)), empty)
+    ranked = concat([ranked for ranked, _ in parts])
+    return Coactivation(ranked, np.concatenate([together for _, together in parts]))
+
+
+def _owner_blocks(per_owner: torch.Tensor, *, max_pairs: int) -> list[tuple[int, int]]:
+    """Consecutive latent ranges whose fires have at most `max_pairs` partners in all (a latent
+    with more is a block of its own)."""
+    ends = torch.cumsum(per_owner, 0)  # (n,)
+    blocks, first, n = [], 0, len(per_owner)
+    while first < n:
+        done = int(ends[first - 1]) if first else 0
+        last = int(torch.searchsorted(ends, done + max_pairs, right=True))
+        last = min(n, max(last, first + 1))
+        blocks.append((first, last))
+        first = last
+    return blocks
+
+
+class Pairs(NamedTuple):
+    """A block of owners [first, first + size): its pairs counted, then ranked the same way
+    either way, by one integer key: Jaccard's float32 bits (order-preserving for values >= 0)
+    above the partner's id, so equal Jaccard indexes rank the smaller id first."""
+
+    first: int
+    size: int
+    n_latents: int
+    fires: torch.Tensor  # (n,)
+
+    def from_grid(self, cells: torch.Tensor, *, top: int) -> tuple[Ranked, np.ndarray]:
+        n = self.n_latents
+        both = torch.bincount(cells, minlength=self.size * (n + 1)).view(self.size, n + 1)
+        both = both[:, :n]  # (b, n): the spare column of silent slots dropped
+        rows = torch.arange(self.size)
+        both[rows, rows + self.first] = 0  # a latent with itself
+        union = self.fires[self.first : self.first + self.size, None] + self.fires[None, :] - both
+        jaccard = both / union.clamp(min=1)  # (b, n) float32, 0 where never together
+        key = (jaccard.view(torch.int32).long() << 32) | (LOW - torch.arange(n))
+        best = key.masked_fill_(both == 0, -1).topk(min(top, n), dim=1).indices  # (b, top)
+        row = rows.unsqueeze(1).expand_as(best)
+        keep = both[row, best] > 0
+        rank = torch.arange(best.shape[1]).expand_as(best)[keep]
+        row, other = row[keep], best[keep]
+        ranked = Ranked(
+            (row + self.first).numpy(), rank.numpy(), other.numpy(), jaccard[row, other].numpy()
         )
-        counts.append(both[row, other].numpy())
-    return Coactivation(concat(parts), np.concatenate(counts))
+        return ranked, both[row, other].numpy()
+
+    def from_sorted(self, cells: torch.Tensor, *, top: int) -> tuple[Ranked, np.ndarray]:
+        n = self.n_latents
+        distinct, count = torch.unique(cells, sorted=True, return_counts=True)
+        row, other = distinct // (n + 1), distinct % (n + 1)  # owner-major, then id order
+        owner = row + self.first
+        jaccard = count / (self.fires[owner] + self.fires[other] - count)  # float32, > 0
+        fall = (1 << 31) - 1 - jaccard.view(torch.int32).long()  # ascending = Jaccard falling
+        order = torch.sort((row << 31) | fall, stable=True).indices  # ties stay in id order
+        owner, other, jaccard, count = owner[order], other[order], jaccard[order], count[order]
+        rank = torch.from_numpy(rank_in_runs(owner.numpy()))
+        keep = rank < top
+        ranked = Ranked(
+            owner[keep].numpy(), rank[keep].numpy(), other[keep].numpy(), jaccard[keep].numpy()
+        )
+        return ranked, count[keep].numpy()
 
 
 class TokenTable(NamedTuple):

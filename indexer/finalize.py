@@ -174,10 +174,12 @@ def _logits(promoted: Ranked, suppressed: Ranked) -> pa.Table:
 def _weight_tables(
     sae: SparseAutoencoder, w_u: torch.Tensor, gain: torch.Tensor | None, cfg: BuildConfig
 ) -> tuple[Ranked, Ranked, Ranked]:
-    """Logit effects (promoted, suppressed) and decoder neighbours: the weights alone."""
-    decoder = sae.W_dec.detach().cpu()
+    """Logit effects (promoted, suppressed) and decoder neighbours: the weights alone, on the
+    SAE's device (the GPU's when it has one)."""
+    decoder = sae.W_dec.detach()
+    to = decoder.device
     promoted, suppressed = logit_effects(
-        decoder, w_u.cpu(), final_norm=None if gain is None else gain.cpu(), top=cfg.logit_tokens
+        decoder, w_u.to(to), final_norm=None if gain is None else gain.to(to), top=cfg.logit_tokens
     )
     return promoted, suppressed, decoder_neighbours(decoder, top=cfg.neighbours)
 
