@@ -167,6 +167,10 @@ class Accumulators:
         self.sample.offer(fires, pair_hash(fires.pair_latent, fires.pair_context))
         self.tokens.update(chunk)
 
+    def examples_bytes(self) -> int:
+        """The memory of the examples kept so far (the part that depends on the data)."""
+        return self.top.nbytes() + self.sample.nbytes()
+
     def merge(self, other: Accumulators) -> None:
         self.stats.merge(other.stats)
         self.top.merge(other.top)

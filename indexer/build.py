@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 import sae as sae_package
-from indexer import schema
+from indexer import memory, schema
 from indexer.accumulate import Accumulators
 from indexer.config import BuildConfig
 from indexer.encode import encode_chunk
@@ -80,6 +80,18 @@ def build(cfg: BuildConfig, *, progress: bool = True) -> BuildSummary | None:
     rank, world = rank_and_world()
     positions = source.token_ids.shape[1] - 1
     fraction = min(1.0, cfg.token_sample / max(1, len(source.token_ids) * positions))
+    budget = memory.Budget(
+        limit=memory.budget_bytes(cfg.memory_budget),
+        needs=memory.Needs.of(
+            n_latents=model.cfg.n_latents,
+            d_model=model.cfg.d_in,
+            k=model.cfg.k,
+            token_sample=min(cfg.token_sample, len(source.token_ids) * positions),
+            context_length=positions + 1,
+        ),
+        n_latents=model.cfg.n_latents,
+    )
+    budget.check_start()
     acc = Accumulators.create(
         n_latents=model.cfg.n_latents,
         positions=positions,
@@ -96,7 +108,17 @@ def build(cfg: BuildConfig, *, progress: bool = True) -> BuildSummary | None:
                 load_config(cfg.model)  # a mistyped --model fails now, not after the pass
             name = cfg.model or source.provenance.model  # the cache's own model ran before
             pending_lm = loader.submit(load_lm, name, device=cfg.device)
-        _read_all(acc, model, source, cfg, limit=limit, rank=rank, world=world, progress=progress)
+        _read_all(
+            acc,
+            model,
+            source,
+            cfg,
+            limit=limit,
+            budget=budget,
+            rank=rank,
+            world=world,
+            progress=progress,
+        )
         merged = _gather(acc, rank=rank, world=world)
         if merged is None:
             return None
@@ -209,11 +231,13 @@ def _read_all(
     cfg: BuildConfig,
     *,
     limit: float,
+    budget: memory.Budget,
     rank: int,
     world: int,
     progress: bool,
 ) -> None:
-    """Encode this rank's chunks and accumulate them; the next chunk is read meanwhile."""
+    """Encode this rank's chunks and accumulate them; the next chunk is read meanwhile. The
+    examples kept are checked against the memory budget after each chunk."""
     mine = list(range(rank, source.n_chunks, world))
     per_context = source.token_ids.shape[1] - 1
     total = sum(source.chunk_contexts(i) for i in mine) * per_context
@@ -246,6 +270,7 @@ def _read_all(
             )
             if adding is not None:
                 adding.result()  # accumulators take chunks in order, one at a time
+                budget.check(acc.examples_bytes(), n_tokens=acc.stats.n_tokens)
             adding = adder.submit(
                 acc.update,
                 encoded.chunk,
@@ -255,6 +280,7 @@ def _read_all(
             bar.update(acts.shape[0] * acts.shape[1])
         if adding is not None:
             adding.result()
+            budget.check(acc.examples_bytes(), n_tokens=acc.stats.n_tokens)
     bar.close()
 
 

@@ -79,6 +79,13 @@ class BuildConfig:
         default=1024, metadata={"help": "contexts per chunk when running the model"}
     )
     device: str = field(default="cpu", metadata={"help": "torch device for the SAE and the LM"})
+    memory_budget: float = field(
+        default=0.0,
+        metadata={
+            "help": "GiB the build may hold; it stops with the figures when it would need more "
+            "(0: half of this machine's RAM)"
+        },
+    )
 
     def __post_init__(self) -> None:
         check_field_types(self)
@@ -105,6 +112,8 @@ class BuildConfig:
             )
         if not 0.0 < self.held_out < 1.0:
             raise ValueError(f"held_out must be between 0 and 1, got {self.held_out}")
+        if self.memory_budget < 0:
+            raise ValueError(f"memory_budget must not be negative, got {self.memory_budget}")
         if self.max_norm_ratio < 0:
             raise ValueError(f"max_norm_ratio must not be negative, got {self.max_norm_ratio}")
         if not 1 <= self.explanation_patterns <= 10:

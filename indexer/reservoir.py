@@ -53,6 +53,11 @@ def _concat(parts: list[Kept]) -> Kept:
     return Kept(**flat, rows=SparseRows.concat([p.rows for p in parts]))
 
 
+def _bytes(kept: Kept) -> int:
+    flat = sum(getattr(kept, f).nbytes for f in Kept._fields[:-1])
+    return flat + kept.rows.offsets.nbytes + kept.rows.positions.nbytes + kept.rows.values.nbytes
+
+
 def _take(kept: Kept, index: np.ndarray) -> Kept:
     """The pairs `index`, in that order."""
     flat = {f: getattr(kept, f)[index] for f in Kept._fields[:-1]}
@@ -103,6 +108,10 @@ class Reservoir:
     def merge(self, other: Reservoir) -> None:
         """Take in another reservoir (another rank's): as if one had seen both inputs."""
         self._add(other.kept())
+
+    def nbytes(self) -> int:
+        """The memory its kept pairs and candidates hold."""
+        return sum(_bytes(kept) for kept in [self.merged, *self.buffer])
 
     def kept(self) -> Kept:
         """Every latent's best pairs, sorted by latent then order."""
