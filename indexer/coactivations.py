@@ -12,7 +12,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from indexer.ranking import Ranked, concat, rank_in_runs
+from indexer.ranking import Ranked, concat, grid_is_small, rank_in_runs
 from sae.codes import Fired, is_firing
 from sae.explain import TokenSample
 
@@ -57,7 +57,7 @@ def coactivations(
         partner = idx[token[mine]]  # (f, k): every latent on the same token, itself included
         cells = owner.unsqueeze(1) * (n_latents + 1) + partner  # (f, k) into a (b, n + 1) grid
         pairs = Pairs(first, last - first, n_latents, fires)
-        if (last - first) * (n_latents + 1) <= 4 * cells.numel() + (1 << 16):
+        if grid_is_small((last - first) * (n_latents + 1), cells.numel()):
             parts.append(pairs.from_grid(cells.reshape(-1), top=top))
         else:
             real = (partner != n_latents) & (partner != owner.unsqueeze(1) + first)

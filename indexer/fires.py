@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from indexer.ranking import grid_is_small, rank_in_runs
 from indexer.rows import SparseRows
 from sae.codes import fired
 
@@ -26,8 +27,9 @@ class ContextPairs:
     """A chunk's (latent, context) pairs where the latent fires, with each pair's maximum, and
     the fires (token, latent) they are made of.
 
-    Pairs (latent, context) are found through a dense (n, C) grid rather than a sort: scatters
-    into it cost O(fires), and its rows give each latent's best pairs of the chunk by top-k.
+    Pairs (latent, context) are found through a dense (n, C) grid for narrow SAEs (scatters
+    into it cost O(fires), its rows give each latent's best pairs of the chunk by top-k), and
+    by sorting the fires for wide ones, where that grid would be far larger than the fires.
     """
 
     n_latents: int
@@ -53,11 +55,7 @@ class ContextPairs:
         act = fires.activation  # (E,)
         flat = fires.token  # context * (T-1) + position
         cell = fires.latent * n_ctx + flat // positions  # (E,)
-        grid = torch.zeros(n_latents * n_ctx).scatter_reduce_(
-            0, torch.from_numpy(cell), torch.from_numpy(act), "amax"
-        )  # (n * C,)
-        pair_cell = grid.nonzero().squeeze(1)  # (P,) ascending: by latent, then context
-        cells = pair_cell.numpy()
+        cells, pair_max = _pair_maxima(cell, act, n_latents * n_ctx)
         return cls(
             n_latents=n_latents,
             n_contexts=n_ctx,
@@ -68,7 +66,7 @@ class ContextPairs:
             pair_cell=cells,
             pair_latent=cells // n_ctx,
             pair_context=chunk.first_context + cells % n_ctx,
-            pair_max=grid[pair_cell].numpy(),
+            pair_max=pair_max,
         )
 
     def kth_smallest(self, order: np.ndarray, k: int) -> np.ndarray:
@@ -78,10 +76,20 @@ class ContextPairs:
             fill: float | int = torch.iinfo(torch.int64).max
         else:
             values, fill = torch.from_numpy(order), float("inf")
-        grid = torch.full((self.n_latents * self.n_contexts,), fill, dtype=values.dtype)
-        grid[torch.from_numpy(self.pair_cell)] = values
         k = min(k, self.n_contexts)
-        kth = grid.view(self.n_latents, -1).topk(k, dim=1, largest=False).values[:, -1].numpy()
+        if grid_is_small(self.n_latents * self.n_contexts, len(values)):
+            grid = torch.full((self.n_latents * self.n_contexts,), fill, dtype=values.dtype)
+            grid[torch.from_numpy(self.pair_cell)] = values
+            kth = grid.view(self.n_latents, -1).topk(k, dim=1, largest=False).values[:, -1]
+        else:  # pairs are latent-major: sort each latent's by order, take the k-th
+            latent = torch.from_numpy(self.pair_latent)
+            by_order = torch.sort(values, stable=True).indices
+            ranked = by_order[torch.sort(latent[by_order], stable=True).indices]
+            rank = torch.from_numpy(rank_in_runs(self.pair_latent[ranked.numpy()]))
+            at = ranked[rank == k - 1]
+            kth = torch.full((self.n_latents,), fill, dtype=values.dtype)
+            kth[latent[at]] = values[at]
+        kth = kth.numpy()
         if order.dtype == np.uint64:
             return kth.view(np.uint64) ^ np.uint64(1 << 63)
         return kth
@@ -104,3 +112,18 @@ class ContextPairs:
         peak[row[first]] = position[first].astype(np.int64) + 1
         rows = SparseRows.of_fires(row, position, value, m=len(pairs), width=self.positions)
         return rows, peak
+
+
+def _pair_maxima(cell: np.ndarray, value: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct cells (ascending) of fires `cell` (E,) in [0, size), and each one's
+    largest value: through a dense grid when it is small, else by sorting."""
+    if grid_is_small(size, len(cell)):
+        grid = torch.zeros(size).scatter_reduce_(
+            0, torch.from_numpy(cell), torch.from_numpy(value), "amax"
+        )
+        distinct = grid.nonzero().squeeze(1)
+        return distinct.numpy(), grid[distinct].numpy()
+    order = np.argsort(cell, kind="stable")
+    ordered = cell[order]
+    starts = np.flatnonzero(np.r_[len(ordered) > 0, ordered[1:] != ordered[:-1]])
+    return ordered[starts], np.maximum.reduceat(value[order], starts) if len(starts) else value[:0]

@@ -1,5 +1,6 @@
 """Ranked lists as flat arrays: the row layout that logits, neighbours, coactivations and the
-token tables share, and the rank of each row within its run of equal keys."""
+token tables share, the rank of each row within its run of equal keys, and when to count into
+a dense grid rather than sort."""
 
 from __future__ import annotations
 
@@ -30,3 +31,11 @@ def rank_in_runs(sorted_keys: np.ndarray) -> np.ndarray:
     start = np.r_[True, sorted_keys[1:] != sorted_keys[:-1]]
     first = np.maximum.accumulate(np.where(start, np.arange(n), 0))
     return np.arange(n) - first
+
+
+def grid_is_small(cells: int, events: int) -> bool:
+    """Whether counting `events` into a dense grid of `cells` beats sorting them: the grid
+    costs O(cells), the sort O(events log events). Either way gives the same result, so the
+    choice only moves time and memory: narrow SAEs get grids, wide ones sorts, and neither
+    grows with n x (the chunk or the sample)."""
+    return cells <= 4 * events + (1 << 16)
