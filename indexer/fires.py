@@ -89,10 +89,10 @@ class ContextPairs:
             at = ranked[rank == k - 1]
             kth = torch.full((self.n_latents,), fill, dtype=values.dtype)
             kth[latent[at]] = values[at]
-        kth = kth.numpy()
+        found: np.ndarray = kth.numpy()
         if order.dtype == np.uint64:
-            return kth.view(np.uint64) ^ np.uint64(1 << 63)
-        return kth
+            return found.view(np.uint64) ^ np.uint64(1 << 63)
+        return found
 
     def rows(self, pairs: np.ndarray) -> tuple[SparseRows, np.ndarray]:
         """Each pair's latent on every token of its context, as its fires (sparse, float16),
