@@ -12,7 +12,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from indexer.ranking import Ranked, concat, rank_in_runs
+from indexer.ranking import Ranked, block_starts, concat, rank_in_runs, within
 from sae.codes import Fired, is_firing
 from sae.explain import TokenSample
 
@@ -24,9 +24,15 @@ class Coactivation(NamedTuple):
 
 @torch.no_grad()
 def coactivations(
-    sample: TokenSample, *, n_latents: int, top: int, max_cells: int = 1 << 22
+    sample: TokenSample,
+    *,
+    n_latents: int,
+    top: int,
+    max_cells: int = 1 << 22,
+    latents: range | None = None,
 ) -> Coactivation:
-    """Each latent's most co-active latents by Jaccard index over the sample's tokens.
+    """Each latent's most co-active latents by Jaccard index over the sample's tokens (of the
+    latents `latents` only, when given: a latent shard's, against every partner).
 
     Codes (M, k): a token's k slots are its co-members, so the pairs of a block of latents are
     a gather, and their counts a bincount into a (block, n) array.
@@ -43,7 +49,8 @@ def coactivations(
     by_owner = torch.argsort(owner_all, stable=True)  # (F,)
     bounds = torch.searchsorted(owner_all[by_owner], torch.arange(0, n_latents + block, block))
     parts, counts = [], []
-    for first in range(0, n_latents, block):
+    latents = range(n_latents) if latents is None else latents
+    for first in block_starts(latents, block):
         last = min(first + block, n_latents)
         mine = by_owner[bounds[first // block] : bounds[first // block + 1]]
         owner = (owner_all[mine] - first).unsqueeze(1)  # (f, 1)
@@ -64,7 +71,9 @@ def coactivations(
             Ranked((row + first).numpy(), rank.numpy(), other.numpy(), best.values[keep].numpy())
         )
         counts.append(both[row, other].numpy())
-    return Coactivation(concat(parts), np.concatenate(counts))
+    ranked, together = concat(parts), np.concatenate(counts)
+    inside = within(ranked.latent, latents)
+    return Coactivation(ranked.take(inside), together[inside])
 
 
 class TokenTable(NamedTuple):

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from indexer.ranking import Ranked, concat
+from indexer.ranking import Ranked, block_starts, concat, within
 
 
 def _flatten(first: int, values: Tensor, indices: Tensor) -> Ranked:
@@ -24,9 +24,16 @@ def _flatten(first: int, values: Tensor, indices: Tensor) -> Ranked:
 
 @torch.no_grad()
 def logit_effects(
-    decoder: Tensor, unembedding: Tensor, *, final_norm: Tensor | None, top: int, block: int = 256
+    decoder: Tensor,
+    unembedding: Tensor,
+    *,
+    final_norm: Tensor | None,
+    top: int,
+    block: int = 256,
+    latents: range | None = None,
 ) -> tuple[Ranked, Ranked]:
-    """The tokens each decoder direction (n, d) promotes and suppresses most.
+    """The tokens each decoder direction (n, d) promotes and suppresses most (of the latents
+    `latents` only, when given: a latent shard's).
 
     A direction added to the residual stream moves the logits by W_U (g * w), where g is the
     final norm's elementwise gain (the norm's division by the RMS only rescales every logit).
@@ -35,25 +42,35 @@ def logit_effects(
     w_u = unembedding.float()  # (V, d)
     top = min(top, len(w_u))
     promoted, suppressed = [], []
-    for first in range(0, len(directions), block):
+    latents = range(len(directions)) if latents is None else latents
+    for first in block_starts(latents, block):
         effect = directions[first : first + block] @ w_u.T  # (b, V)
         up = effect.topk(top, dim=1)
         down = effect.topk(top, dim=1, largest=False)
         promoted.append(_flatten(first, up.values, up.indices))
         suppressed.append(_flatten(first, down.values, down.indices))
-    return concat(promoted), concat(suppressed)
+    promoted_rows, suppressed_rows = concat(promoted), concat(suppressed)
+    return (
+        promoted_rows.take(within(promoted_rows.latent, latents)),
+        suppressed_rows.take(within(suppressed_rows.latent, latents)),
+    )
 
 
 @torch.no_grad()
-def decoder_neighbours(decoder: Tensor, *, top: int, block: int = 1024) -> Ranked:
-    """Each latent's nearest latents by cosine between decoder directions (self excluded)."""
+def decoder_neighbours(
+    decoder: Tensor, *, top: int, block: int = 1024, latents: range | None = None
+) -> Ranked:
+    """Each latent's nearest latents by cosine between decoder directions (self excluded), for
+    the latents `latents` only when given (a latent shard's), against all of them."""
     unit = torch.nn.functional.normalize(decoder.float(), dim=1)  # (n, d)
     top = min(top, len(unit) - 1)
     parts = []
-    for first in range(0, len(unit), block):
+    latents = range(len(unit)) if latents is None else latents
+    for first in block_starts(latents, block):
         cosine = unit[first : first + block] @ unit.T  # (b, n)
         rows = torch.arange(len(cosine))
         cosine[rows, rows + first] = -torch.inf  # never its own neighbour
         best = cosine.topk(top, dim=1)
         parts.append(_flatten(first, best.values, best.indices))
-    return concat(parts)
+    near = concat(parts)
+    return near.take(within(near.latent, latents))
