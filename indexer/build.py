@@ -31,7 +31,15 @@ from indexer.accumulate import Accumulators
 from indexer.config import BuildConfig
 from indexer.encode import encode_chunk
 from indexer.finalize import assemble
-from indexer.shards import Plan, plan, rank_shard_path, scores, shard_row, tokens_digest
+from indexer.shards import (
+    Plan,
+    plan,
+    rank_shard_path,
+    read_mark,
+    scores,
+    shard_row,
+    tokens_digest,
+)
 from indexer.store import write_index
 from sae.activations.lm import LanguageModel, load_config, load_lm
 from sae.activations.source import ActivationSource, CacheSource, open_stream
@@ -90,6 +98,10 @@ def build(cfg: BuildConfig, *, progress: bool = True) -> BuildSummary | None:
         world=world,
         n_latents=model.cfg.n_latents,
     )
+    if share.shard is not None and world > 1:  # rank 0 merges the ranks' shards into --out
+        check_output_file(out, kind="a Latent Atlas index", is_ours=is_complete_index)
+        mine = rank_shard_path(out, share.shard, share.n_shards)
+        check_output_file(mine, kind="a shard of this build", is_ours=is_index, flag="")
     positions = source.token_ids.shape[1] - 1
     fraction = min(1.0, cfg.token_sample / max(1, len(source.token_ids) * positions))
     acc = Accumulators.create(
@@ -203,6 +215,11 @@ def is_index(path: Path) -> bool:
     except duckdb.Error:
         return False  # damaged, or a storage version this DuckDB cannot read: not provably ours
     return found is not None and found[0] == 2
+
+
+def is_complete_index(path: Path) -> bool:
+    """An index `indexer build` or `indexer merge` wrote, not a shard: what merging may replace."""
+    return is_index(path) and read_mark(path) is None
 
 
 def _sae_folders(sae: str) -> list[tuple[str, str | Path | None]]:

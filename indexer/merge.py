@@ -26,10 +26,10 @@ import numpy as np
 import pyarrow as pa
 
 from indexer import schema
-from indexer.build import DUCKDB_MAGIC, BuildSummary, is_index
+from indexer.build import DUCKDB_MAGIC, BuildSummary, is_complete_index, is_index
 from indexer.config import BuildConfig
 from indexer.finalize import summary_metrics
-from indexer.shards import LatentSlice, ShardMark
+from indexer.shards import LatentSlice, ShardMark, read_mark, table_names
 from indexer.store import Rows, write_index
 from sae.errors import AtlasError
 from sae.outputs import check_output_file
@@ -65,11 +65,10 @@ def merge_shards(paths: Sequence[Path], out: Path) -> BuildSummary:
     """Write the index of the shards at `paths` (every shard of one build, in any order) to
     `out`: a new path or an index (never a shard nor another kind of file)."""
     started = time.perf_counter()
+    if out.is_file() and is_index(out) and (mark := read_mark(out)) is not None:
+        raise AtlasError(f"--out {out} is {mark.describe()}; write the index somewhere else")
     check_output_file(out, kind="a Latent Atlas index", is_ours=is_complete_index)
     shards = in_order([read_shard(Path(p)) for p in paths])
-    for shard in shards:
-        if shard.path.resolve() == out.resolve():
-            raise AtlasError(f"--out {out} is one of the shards; write the index somewhere else")
     connection = duckdb.connect()
     try:
         for i, shard in enumerate(shards):
@@ -91,23 +90,6 @@ def merge_shards(paths: Sequence[Path], out: Path) -> BuildSummary:
     )
 
 
-def is_complete_index(path: Path) -> bool:
-    """An index `indexer build` or `indexer merge` wrote, not a shard: what --out may replace."""
-    return is_index(path) and read_mark(path) is None
-
-
-def read_mark(path: Path) -> ShardMark | None:
-    """The shard mark of a DuckDB file of ours, None when it has none (an index)."""
-    with duckdb.connect(str(path), read_only=True) as connection:
-        if schema.shard.name not in _table_names(connection):
-            return None
-        listed = ", ".join(ShardMark._fields)
-        rows = connection.execute(f"SELECT {listed} FROM shard").fetchall()
-    if len(rows) != 1:
-        raise AtlasError(f"{path}: its shard table has {len(rows)} rows, not 1; rebuild the shard")
-    return ShardMark(*rows[0])
-
-
 def read_shard(path: Path) -> Shard:
     """The shard at `path`, with an error naming it when it is not one we can merge."""
     if not path.is_file():
@@ -124,7 +106,7 @@ def read_shard(path: Path) -> Shard:
         cursor = connection.execute("SELECT * FROM build")
         names = [d[0] for d in cursor.description]
         rows = cursor.fetchall()
-        tables = tuple(_table_names(connection))
+        tables = tuple(table_names(connection))
     if len(rows) != 1:
         raise AtlasError(f"{path}: its build table has {len(rows)} rows, not 1")
     build = dict(zip(names, rows[0], strict=True))
@@ -255,16 +237,13 @@ def _merged_tables(connection: duckdb.DuckDBPyConnection, shards: list[Shard]) -
 def _reader(connection: duckdb.DuckDBPyConnection, queries: list[str]) -> pa.RecordBatchReader:
     """The rows of `queries`, one after the other, a batch at a time: each query runs when the
     writer reaches it, on its own cursor, so no table is ever held whole."""
-    empty = connection.execute(f"SELECT * FROM ({queries[0]}) LIMIT 0").to_arrow_table()
-    assert empty is not None
+    empty = connection.sql(f"SELECT * FROM ({queries[0]}) LIMIT 0").to_arrow_table()
 
     def batches() -> Iterator[pa.RecordBatch]:
         for query in queries:
             cursor = connection.cursor()
             try:
-                reader = cursor.execute(query).to_arrow_reader(1 << 16)
-                assert reader is not None
-                yield from reader
+                yield from cursor.sql(query).to_arrow_reader(1 << 16)
             finally:
                 cursor.close()
 
@@ -322,14 +301,6 @@ def _build_row(first: Shard, out: Path, *, metrics: dict[str, Any], seconds: flo
 def _is_duckdb(path: Path) -> bool:
     with open(path, "rb") as handle:
         return handle.read(12)[8:] == DUCKDB_MAGIC
-
-
-def _table_names(connection: duckdb.DuckDBPyConnection) -> list[str]:
-    found = connection.execute(
-        "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
-        "ORDER BY table_name"
-    ).fetchall()
-    return [row[0] for row in found]
 
 
 def _column_names(connection: duckdb.DuckDBPyConnection, table: str) -> list[str]:

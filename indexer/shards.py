@@ -15,9 +15,11 @@ import hashlib
 from pathlib import Path
 from typing import NamedTuple
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 
+from indexer import schema
 from sae.errors import AtlasError
 
 
@@ -111,6 +113,27 @@ class ShardMark(NamedTuple):
             f"shard {self.shard}/{self.n_shards} of a latent-sharded build "
             f"(latents {self.latent_from:,} to {self.latent_to - 1:,})"
         )
+
+
+def read_mark(path: Path) -> ShardMark | None:
+    """The shard mark of a DuckDB file of ours, None when it has none (an index)."""
+    with duckdb.connect(str(path), read_only=True) as connection:
+        if schema.shard.name not in table_names(connection):
+            return None
+        listed = ", ".join(ShardMark._fields)
+        rows = connection.execute(f"SELECT {listed} FROM shard").fetchall()
+    if len(rows) != 1:
+        raise AtlasError(f"{path}: its shard table has {len(rows)} rows, not 1; rebuild the shard")
+    return ShardMark(*rows[0])
+
+
+def table_names(connection: duckdb.DuckDBPyConnection) -> list[str]:
+    """The tables of the connection's own database, by name."""
+    found = connection.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
+        "ORDER BY table_name"
+    ).fetchall()
+    return [row[0] for row in found]
 
 
 def not_servable(path: Path, mark: ShardMark) -> str:

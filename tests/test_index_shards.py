@@ -79,7 +79,7 @@ def shards(folder: Path, tiny_sae: Path, tiny_cache: Path) -> list[Path]:
 
 
 def test_two_latent_shards_merge_into_the_single_build(
-    single: Path, shards: list[Path], folder: Path
+    single: Path, shards: list[Path], folder: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with duckdb.connect(str(shards[1]), read_only=True) as connection:
         ids = connection.execute("SELECT min(latent_id), max(latent_id) FROM latents").fetchone()
@@ -87,15 +87,8 @@ def test_two_latent_shards_merge_into_the_single_build(
     assert ids == (32, 63)  # shard 1 of 2 holds the second half of the 64 latents only
     assert {latent for (latent,) in example_ids} <= set(range(32, 64))
     out = folder / "merged.duckdb"
-    result = subprocess.run(
-        indexer_command("merge", str(shards[1]), str(shards[0]), f"--out={out}"),
-        capture_output=True,
-        text=True,
-        env=ENV,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "alive" in result.stdout
+    assert main(["merge", str(shards[1]), str(shards[0]), f"--out={out}"]) == 0
+    assert "alive" in capsys.readouterr().out
     assert compare(single, out) == []  # every table, every row, floats to the bit
     with duckdb.connect(str(out), read_only=True) as connection:
         tables = {name for (name,) in connection.execute("SHOW TABLES").fetchall()}
@@ -162,10 +155,12 @@ def test_merge_refuses_shards_that_do_not_belong_together(
             merge_shards(paths, out)
     assert not out.exists()
     assert main(["merge", str(shards[0]), f"--out={out}"]) == 2
-    for taken in (text, shards[1]):  # never replaces what it did not write, shards included
-        with pytest.raises(AtlasError, match="exists and is not a Latent Atlas index"):
-            merge_shards(shards, taken)
-    assert text.read_text() == "not a shard"
+    kept = shards[1].read_bytes()
+    with pytest.raises(AtlasError, match=r"notes\.txt exists and is not a Latent Atlas index"):
+        merge_shards(shards, text)  # never replaces what it did not write
+    with pytest.raises(AtlasError, match=r"shard1\.duckdb is shard 1/2 .* somewhere else"):
+        merge_shards(shards, shards[1])  # nor a shard
+    assert text.read_text() == "not a shard" and shards[1].read_bytes() == kept
 
 
 def test_the_app_refuses_to_serve_a_shard(shards: list[Path]) -> None:
