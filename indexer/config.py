@@ -85,8 +85,8 @@ class BuildConfig:
         default="",
         metadata={
             "help": "I/N: build shard I (from 0) of N: read every token but keep only the "
-            "latents [I*n/N, (I+1)*n/N), and write a shard file for `indexer merge` "
-            "(default: every latent, an index)"
+            "latents [I*n/N, (I+1)*n/N), and write a shard file for `indexer merge`; "
+            "empty: every latent, an index"
         },
     )
     shard_by: Literal["data", "latents"] = field(
