@@ -10,6 +10,10 @@ chunk's sparse codes to `Accumulators.update`. Nothing here grows with the corpu
   co-activation, token tables and the explanations (an `explain.TokenSample` at the end).
 Each merges with another built on other chunks to exactly what one pass over both would give
 (ties broken by context id; hashes depend only on ids), so sharded builds equal single ones.
+
+A latent shard (indexer/shards.py) keeps the first three for its slice of latents only, with
+ids counted from the slice's first latent, and the token sample whole (every latent's code:
+co-activation partners and n-gram matches need them).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 from indexer.fires import Chunk, ContextPairs
 from indexer.hashing import held_out, in_token_sample, pair_hash
 from indexer.reservoir import Reservoir
+from indexer.shards import LatentSlice
 from sae.explain import TokenSample
 
 HIST_LOG10_MIN, HIST_LOG10_MAX, HIST_PER_DECADE = -4.0, 4.0, 20
@@ -138,33 +143,38 @@ class Accumulators:
     sample: Reservoir  # uniform sample of the contexts each latent fires in
     tokens: TokenSampler
     special_ids: np.ndarray
+    latents: LatentSlice  # the latents kept (all but in a latent shard)
 
     @classmethod
     def create(
         cls,
         *,
-        n_latents: int,
+        latents: LatentSlice,
         positions: int,
         top_examples: int,
         quantile_sample: int,
         sample_fraction: float,
         special_ids: np.ndarray,
     ) -> Accumulators:
+        n = latents.size
         return cls(
-            stats=LatentStats(n_latents),
-            top=Reservoir(n_latents, top_examples, positions, "strongest"),
-            sample=Reservoir(n_latents, quantile_sample, positions, "hash"),
+            stats=LatentStats(n),
+            top=Reservoir(n, top_examples, positions, "strongest"),
+            sample=Reservoir(n, quantile_sample, positions, "hash"),
             tokens=TokenSampler(sample_fraction),
             special_ids=special_ids,
+            latents=latents,
         )
 
     def update(self, chunk: Chunk, *, n_tokens: int, n_sink_tokens: int) -> None:
-        fires = ContextPairs.of(chunk, self.stats.n_latents)
+        mine = _of_slice(chunk, self.latents)
+        fires = ContextPairs.of(mine, self.stats.n_latents)
         self.stats.n_tokens += n_tokens
         self.stats.n_sink_tokens += n_sink_tokens
-        self.stats.update(chunk, fires, special_ids=self.special_ids)
+        self.stats.update(mine, fires, special_ids=self.special_ids)
         self.top.offer(fires, -fires.pair_max)
-        self.sample.offer(fires, pair_hash(fires.pair_latent, fires.pair_context))
+        latent = fires.pair_latent + self.latents.first  # hashes of the SAE's own latent ids
+        self.sample.offer(fires, pair_hash(latent, fires.pair_context))
         self.tokens.update(chunk)
 
     def examples_bytes(self) -> int:
@@ -172,7 +182,23 @@ class Accumulators:
         return self.top.nbytes() + self.sample.nbytes()
 
     def merge(self, other: Accumulators) -> None:
+        if other.latents != self.latents:
+            raise ValueError(f"accumulators of latents {other.latents} and {self.latents}")
         self.stats.merge(other.stats)
         self.top.merge(other.top)
         self.sample.merge(other.sample)
         self.tokens.merge(other.tokens)
+
+
+def _of_slice(chunk: Chunk, latents: LatentSlice) -> Chunk:
+    """The chunk's codes of the slice's latents only, ids counted from its first latent: the
+    other slots silent (activation 0, so `sae.codes.fired` skips them, order kept)."""
+    if latents.is_every:
+        return chunk
+    inside = (chunk.indices >= latents.first) & (chunk.indices < latents.stop)  # (C, T-1, k)
+    return Chunk(
+        first_context=chunk.first_context,
+        token_ids=chunk.token_ids,
+        activations=np.where(inside, chunk.activations, np.float32(0)),
+        indices=np.where(inside, chunk.indices - latents.first, 0),
+    )

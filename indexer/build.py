@@ -1,7 +1,10 @@
 """`indexer build`: one pass over the activations, then every latent's dashboard into DuckDB.
 
 Under torchrun each rank reads every world_size-th chunk; rank 0 gathers the accumulators,
-merges them (exactly: see accumulate.py) and writes the index alone.
+merges them (exactly: see accumulate.py) and writes the index alone. A latent-sharded build
+(indexer/shards.py) reads every chunk and keeps a slice of the latents: `--latent-shard I/N`
+writes shard I to --out; under torchrun with `--shard-by latents` each rank writes the shard of
+its rank beside --out and rank 0 merges them into --out (indexer/merge.py).
 """
 
 from __future__ import annotations
@@ -28,6 +31,15 @@ from indexer.accumulate import Accumulators
 from indexer.config import BuildConfig
 from indexer.encode import encode_chunk
 from indexer.finalize import assemble
+from indexer.shards import (
+    Plan,
+    plan,
+    rank_shard_path,
+    read_mark,
+    scores,
+    shard_row,
+    tokens_digest,
+)
 from indexer.store import write_index
 from sae.activations.lm import LanguageModel, load_config, load_lm
 from sae.activations.source import ActivationSource, CacheSource, open_stream
@@ -49,13 +61,14 @@ class BuildSummary:
     n_tokens: int
     file_bytes: int
     metrics: dict[str, Any]
+    what: str = "index"  # or "shard I/N (latents A to B)"
 
     def lines(self) -> list[str]:
         m = self.metrics
         density = m["median_density"]
         precision, recall = m["median_explanation_precision"], m["median_explanation_recall"]
         return [
-            f"index {self.out}: {self.file_bytes / 2**20:.1f} MiB, {self.n_tokens:,} tokens "
+            f"{self.what} {self.out}: {self.file_bytes / 2**20:.1f} MiB, {self.n_tokens:,} tokens "
             f"in {self.seconds:.1f} s ({self.n_tokens / max(self.seconds, 1e-9):,.0f} tok/s)",
             f"latents: {m['alive']:,} alive, {m['dead']:,} dead, {m['dense']:,} dense "
             f"(of {m['n_latents']:,}); median density "
@@ -78,22 +91,34 @@ def build(cfg: BuildConfig, *, progress: bool = True) -> BuildSummary | None:
     check_not_inside(out, ("the activation cache", cfg.acts))  # once --acts is known a cache
     limit = _sink_limit(cfg, model, source)
     rank, world = rank_and_world()
+    share = plan(
+        latent_shard=cfg.latent_shard,
+        shard_by=cfg.shard_by,
+        rank=rank,
+        world=world,
+        n_latents=model.cfg.n_latents,
+    )
+    if share.shard is not None and world > 1:  # rank 0 merges the ranks' shards into --out
+        check_output_file(out, kind="a Latent Atlas index", is_ours=is_complete_index)
+        mine = rank_shard_path(out, share.shard, share.n_shards)
+        check_output_file(mine, kind="a shard of this build", is_ours=is_index, flag="")
     positions = source.token_ids.shape[1] - 1
     fraction = min(1.0, cfg.token_sample / max(1, len(source.token_ids) * positions))
     budget = memory.Budget(
         limit=memory.budget_bytes(cfg.memory_budget),
         needs=memory.Needs.of(
             n_latents=model.cfg.n_latents,
+            kept_latents=share.latents.size,
             d_model=model.cfg.d_in,
             k=model.cfg.k,
             token_sample=min(cfg.token_sample, len(source.token_ids) * positions),
             context_length=positions + 1,
         ),
-        n_latents=model.cfg.n_latents,
+        n_latents=share.latents.size,
     )
     budget.check_start()
     acc = Accumulators.create(
-        n_latents=model.cfg.n_latents,
+        latents=share.latents,
         positions=positions,
         top_examples=cfg.top_examples,
         quantile_sample=cfg.quantile_sample,
@@ -101,9 +126,10 @@ def build(cfg: BuildConfig, *, progress: bool = True) -> BuildSummary | None:
         special_ids=source.special_ids,
     )
     with ThreadPoolExecutor(max_workers=1) as loader:
-        # Rank 0 needs the LM only at the end (token texts, unembedding): load it meanwhile.
+        # Rank 0 (every shard) needs the LM only at the end (token texts, unembedding): load it
+        # meanwhile.
         pending_lm = None
-        if lm is None and rank == 0:
+        if lm is None and (rank == 0 or share.shard is not None):
             if cfg.model:
                 load_config(cfg.model)  # a mistyped --model fails now, not after the pass
             name = cfg.model or source.provenance.model  # the cache's own model ran before
@@ -115,11 +141,11 @@ def build(cfg: BuildConfig, *, progress: bool = True) -> BuildSummary | None:
             cfg,
             limit=limit,
             budget=budget,
-            rank=rank,
-            world=world,
-            progress=progress,
+            rank=share.read_rank,
+            world=share.read_world,
+            progress=progress and rank == 0,
         )
-        merged = _gather(acc, rank=rank, world=world)
+        merged = _gather(acc, rank=share.read_rank, world=share.read_world)
         if merged is None:
             return None
         if merged.stats.n_tokens == 0:
@@ -132,14 +158,50 @@ def build(cfg: BuildConfig, *, progress: bool = True) -> BuildSummary | None:
     tables["build"] = _build_row(
         cfg, model, source, merged, metrics=metrics, limit=limit, seconds=seconds
     )
-    write_index(out, tables)
+    written = out
+    if share.shard is not None:
+        tables["shard"] = shard_row(
+            share.shard, share.n_shards, share.latents, digest=tokens_digest(source.token_ids)
+        )
+        latents = tables["latents"]
+        assert isinstance(latents, pa.Table)
+        tables["shard_scores"] = scores(latents)
+        if world > 1:  # a torchrun rank: its shard beside --out, for rank 0 to merge
+            written = rank_shard_path(out, share.shard, share.n_shards)
+    write_index(written, tables)
+    if share.shard is not None and world > 1:
+        return _merge_ranks(out, share, rank=rank)
     return BuildSummary(
         out=str(out),
         seconds=time.perf_counter() - started,
         n_tokens=merged.stats.n_tokens,
         file_bytes=out.stat().st_size,
         metrics=metrics,
+        what="index" if share.shard is None else _shard_words(share),
     )
+
+
+def _shard_words(share: Plan) -> str:
+    last = share.latents.stop - 1
+    return f"shard {share.shard}/{share.n_shards} (latents {share.latents.first:,} to {last:,})"
+
+
+def _merge_ranks(out: Path, share: Plan, *, rank: int) -> BuildSummary | None:
+    """Under `--shard-by latents`: once every rank has written its shard, rank 0 merges them
+    into `out` and removes them. Returns the summary on rank 0, None on the others."""
+    import torch.distributed as dist
+
+    from indexer.merge import merge_shards
+
+    dist.barrier()
+    if rank != 0:
+        return None
+    shards = [rank_shard_path(out, i, share.n_shards) for i in range(share.n_shards)]
+    try:
+        return merge_shards(shards, out)
+    finally:
+        for path in shards:
+            path.unlink(missing_ok=True)
 
 
 DUCKDB_MAGIC = b"DUCK"  # bytes 8-11 of every DuckDB database file, after a checksum
@@ -167,6 +229,11 @@ def is_index(path: Path) -> bool:
     except duckdb.Error:
         return False  # damaged, or a storage version this DuckDB cannot read: not provably ours
     return found is not None and found[0] == 2
+
+
+def is_complete_index(path: Path) -> bool:
+    """An index `indexer build` or `indexer merge` wrote, not a shard: what merging may replace."""
+    return is_index(path) and read_mark(path) is None
 
 
 def _sae_folders(sae: str) -> list[tuple[str, str | Path | None]]:

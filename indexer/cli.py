@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import sae
 from sae.cli_args import add_config_arguments, config_from_arguments
@@ -23,10 +24,23 @@ def parser() -> argparse.ArgumentParser:
         help="encode the activations once and write every latent's dashboard",
         description="Read the activation cache (or run the model) once, keep fixed-size "
         "accumulators per latent, and write one DuckDB file. Under torchrun each rank reads a "
-        "slice and rank 0 writes the merged result.",
+        "slice and rank 0 writes the merged result. With --latent-shard I/N it keeps a slice of "
+        "the latents and writes a shard for `indexer merge`.",
     )
     add_config_arguments(build, BuildConfig)
     build.add_argument("--quiet", action="store_true", help="no progress bar")
+    merge = commands.add_parser(
+        "merge",
+        help="put the shards of a latent-sharded build together into one index",
+        description="Merge the files that `indexer build --latent-shard I/N` wrote for every I "
+        "from 0 to N-1 (same SAE, tokens and settings) into the index a single build writes.",
+    )
+    merge.add_argument("shards", nargs="+", metavar="SHARD", help="every shard file, any order")
+    merge.add_argument(
+        "--out",
+        required=True,
+        help="the index to write: a new path, or an index written before (never a shard)",
+    )
     compare = commands.add_parser(
         "compare",
         help="whether two indexes hold the same rows in every table",
@@ -49,8 +63,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from indexer.compare import VOLATILE, compare, report
 
     a, b = Path(args.a), Path(args.b)
@@ -74,6 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "compare":
             return _compare(args)
+        if args.command == "merge":
+            from indexer.merge import merge_shards
+
+            merged = merge_shards([Path(p) for p in args.shards], Path(args.out))
+            print("\n".join(merged.lines()))
+            return 0
         cfg = config_from_arguments(BuildConfig, args)
         with process_group():
             summary = build(cfg, progress=not args.quiet)

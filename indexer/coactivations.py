@@ -28,9 +28,15 @@ LOW = (1 << 32) - 1
 
 @torch.no_grad()
 def coactivations(
-    sample: TokenSample, *, n_latents: int, top: int, max_pairs: int = PAIRS_PER_BLOCK
+    sample: TokenSample,
+    *,
+    n_latents: int,
+    top: int,
+    max_pairs: int = PAIRS_PER_BLOCK,
+    latents: range | None = None,
 ) -> Coactivation:
-    """Each latent's most co-active latents by Jaccard index over the sample's tokens.
+    """Each latent's most co-active latents by Jaccard index over the sample's tokens (of the
+    latents `latents` only, when given: a latent shard's, against every partner).
 
     Ranked by Jaccard (the float32 value stored), ties by the smaller latent id. A token's k
     slots are its co-members, so each fire's partners are a gather from the codes (M, k). The
@@ -51,7 +57,8 @@ def coactivations(
     partners = firing.sum(dim=1)[token] - 1  # (F,) the other latents on each fire's token
     per_owner = torch.bincount(owner_all, weights=partners.double(), minlength=n_latents)
     parts = []
-    for first, last in _owner_blocks(per_owner[:n_latents].long(), max_pairs=max_pairs):
+    wanted = range(n_latents) if latents is None else latents
+    for first, last in _owner_blocks(per_owner[:n_latents].long(), wanted, max_pairs=max_pairs):
         mine = by_owner[starts[first] : starts[last]]
         owner = owner_all[mine] - first  # (f,) within the block
         partner = idx[token[mine]]  # (f, k): every latent on the same token, itself included
@@ -69,11 +76,14 @@ def coactivations(
     return Coactivation(ranked, np.concatenate([together for _, together in parts]))
 
 
-def _owner_blocks(per_owner: torch.Tensor, *, max_pairs: int) -> list[tuple[int, int]]:
-    """Consecutive latent ranges whose fires have at most `max_pairs` partners in all (a latent
-    with more is a block of its own)."""
+def _owner_blocks(
+    per_owner: torch.Tensor, wanted: range, *, max_pairs: int
+) -> list[tuple[int, int]]:
+    """Consecutive ranges of the `wanted` latents whose fires have at most `max_pairs` partners
+    in all (a latent with more is a block of its own). Each pair's count and key do not depend
+    on its block, so any split gives the same rows."""
     ends = torch.cumsum(per_owner, 0)  # (n,)
-    blocks, first, n = [], 0, len(per_owner)
+    blocks, first, n = [], wanted.start, wanted.stop
     while first < n:
         done = int(ends[first - 1]) if first else 0
         last = int(torch.searchsorted(ends, done + max_pairs, right=True))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
+from indexer.shards import parse_shard
 from sae.config import check_field_types
 
 
@@ -86,6 +88,22 @@ class BuildConfig:
             "(0: half of this machine's RAM)"
         },
     )
+    latent_shard: str = field(
+        default="",
+        metadata={
+            "help": "I/N: build shard I (from 0) of N: read every token but keep only the "
+            "latents [I*n/N, (I+1)*n/N), and write a shard file for `indexer merge`; "
+            "empty: every latent, an index"
+        },
+    )
+    shard_by: Literal["data", "latents"] = field(
+        default="data",
+        metadata={
+            "help": "under torchrun: 'data': each rank reads a slice of the chunks and rank 0 "
+            "merges the accumulators; 'latents': each rank reads every chunk, builds the shard "
+            "of its rank (as --latent-shard RANK/WORLD) and rank 0 merges the shards"
+        },
+    )
 
     def __post_init__(self) -> None:
         check_field_types(self)
@@ -116,6 +134,8 @@ class BuildConfig:
             raise ValueError(f"memory_budget must not be negative, got {self.memory_budget}")
         if self.max_norm_ratio < 0:
             raise ValueError(f"max_norm_ratio must not be negative, got {self.max_norm_ratio}")
+        if self.latent_shard:
+            parse_shard(self.latent_shard)
         if not 1 <= self.explanation_patterns <= 10:
             raise ValueError(
                 f"explanation_patterns must be between 1 and 10, got {self.explanation_patterns}"

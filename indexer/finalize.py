@@ -1,4 +1,10 @@
-"""From the merged accumulators, the SAE and the LM to every table of the index."""
+"""From the merged accumulators, the SAE and the LM to every table of the index.
+
+A latent shard's accumulators (indexer/shards.py) give the rows of its latents only: every
+per-latent table for its slice (against all n latents and every token of the sample),
+`token_latents` among its latents (the merge keeps each token's best of the union), and its
+slice's share of `density_histogram` (the merge adds them up).
+"""
 
 from __future__ import annotations
 
@@ -16,10 +22,12 @@ from indexer.coactivations import TokenTable, coactivations, token_tables
 from indexer.config import BuildConfig
 from indexer.geometry import decoder_neighbours, logit_effects
 from indexer.ranking import Ranked
+from indexer.shards import LatentSlice
 from indexer.store import Rows
 from sae import explain
 from sae.activations.lm import LanguageModel, vocab_size, vocabulary
 from sae.activations.source import ActivationSource
+from sae.codes import Fired
 from sae.model import SparseAutoencoder
 
 
@@ -40,7 +48,7 @@ def assemble(
     cfg: BuildConfig,
 ) -> tuple[dict[str, Rows], dict[str, Any]]:
     """All tables but `build`, and the numbers the summary and the build row report."""
-    n = sae.cfg.n_latents
+    n, part = sae.cfg.n_latents, acc.latents
     w_u, gain = unembedding(lm)
     n_tokens = vocab_size(lm)
     sample = acc.tokens.sample(held_out_fraction=cfg.held_out)
@@ -48,32 +56,37 @@ def assemble(
     # Independent steps run side by side: the GEMMs use both cores, the counting mostly one.
     with ThreadPoolExecutor(max_workers=2) as pool:
         vocab_job = pool.submit(vocabulary, lm, n_tokens)
-        coactivations_job = pool.submit(coactivations, sample, n_latents=n, top=cfg.coactive)
-        weights_job = pool.submit(_weight_tables, sae, w_u, gain, cfg)
+        coactivations_job = pool.submit(
+            coactivations, sample, n_latents=n, top=cfg.coactive, latents=part.ids
+        )
+        weights_job = pool.submit(_weight_tables, sae, w_u, gain, cfg, part)
         latent_tokens, token_latents = token_tables(
-            fires,
+            _fires_of(fires, part),
             sample.token_ids,
             vocab_size=n_tokens,
             top=cfg.top_tokens,
         )
         texts, special = vocab_job.result()
-        explained = _explained(sample, n_latents=n, vocab=texts, cfg=cfg)
+        explained = _explained(_sample_of(sample, part), latents=part, vocab=texts, cfg=cfg)
         coactivation = coactivations_job.result()
         promoted, suppressed, near = weights_job.result()
-    examples, bands = _examples(acc, n_latents=n, cfg=cfg)
+    examples, bands = _examples(acc, cfg=cfg)
     out = {
         "vocab": _vocab(texts, special),
         "contexts": _contexts(source, np.unique(examples.context_ids)),
-        "latents": tables.latents_table(
-            acc.stats,
-            top_token_text=_top_token_text(latent_tokens, texts, n_latents=n),
-            explanation=explained.text,
-            precision=explained.precision,
-            recall=explained.recall,
+        "latents": _with_ids(
+            tables.latents_table(
+                acc.stats,
+                top_token_text=_top_token_text(latent_tokens, texts, latents=part),
+                explanation=explained.text,
+                precision=explained.precision,
+                recall=explained.recall,
+            ),
+            part,
         ),
         "examples": pa.RecordBatchReader.from_batches(tables.EXAMPLE_SCHEMA, examples.batches),
         "quantile_bands": bands,
-        "activation_histograms": tables.activation_histograms(acc.stats),
+        "activation_histograms": _with_ids(tables.activation_histograms(acc.stats), part),
         "density_histogram": tables.density_histogram(acc.stats),
         "logits": _logits(promoted, suppressed),
         "neighbours": tables.ranked_table(near, other="other_id", value="cosine"),
@@ -84,10 +97,16 @@ def assemble(
         "token_latents": _token_table(token_latents, key="token_id", other="latent_id"),
         "explanation_patterns": _patterns(explained.patterns),
     }
-    metrics = _metrics(
-        acc, explained.precision, explained.recall, n_sample_contexts=len(sample.token_ids)
+    flags = tables.latent_flags(acc.stats)
+    metrics = summary_metrics(
+        density=flags["density"],
+        dead=flags[schema.DEAD],
+        dense=flags[schema.DENSE],
+        precision=explained.precision,
+        recall=explained.recall,
+        n_explained=explained.n_explained,
+        n_sample_contexts=len(sample.token_ids),
     )
-    metrics["explained"] = explained.n_explained
     return out, metrics
 
 
@@ -102,34 +121,35 @@ class Explained(NamedTuple):
 
 
 def _explained(
-    sample: explain.TokenSample, *, n_latents: int, vocab: list[str], cfg: BuildConfig
+    sample: explain.TokenSample, *, latents: LatentSlice, vocab: list[str], cfg: BuildConfig
 ) -> Explained:
     """Each latent's explanation from the token sample, as the `latents` columns hold it."""
     explanations = explain.explain_latents(
-        sample, n_latents=n_latents, vocab=vocab, max_patterns=cfg.explanation_patterns
+        sample, n_latents=latents.n_latents, vocab=vocab, max_patterns=cfg.explanation_patterns
     )
-    text: list[str | None] = [None] * n_latents
-    precision, recall = np.full(n_latents, np.nan), np.full(n_latents, np.nan)
+    text: list[str | None] = [None] * latents.size
+    precision, recall = np.full(latents.size, np.nan), np.full(latents.size, np.nan)
     patterns: list[explain.Pattern] = []
     for e in explanations:
-        text[e.latent_id] = e.text
-        precision[e.latent_id] = np.nan if e.precision is None else e.precision
-        recall[e.latent_id] = np.nan if e.recall is None else e.recall
+        row = e.latent_id - latents.first
+        text[row] = e.text
+        precision[row] = np.nan if e.precision is None else e.precision
+        recall[row] = np.nan if e.recall is None else e.recall
         patterns.extend(e.patterns)
     return Explained(text, precision, recall, patterns, len(explanations))
 
 
-def _examples(
-    acc: Accumulators, *, n_latents: int, cfg: BuildConfig
-) -> tuple[tables.Examples, pa.Table]:
+def _examples(acc: Accumulators, *, cfg: BuildConfig) -> tuple[tables.Examples, pa.Table]:
     """The `examples` rows (top examples, then quantile examples) and `quantile_bands`."""
+    first = acc.latents.first  # the reservoirs count latents from the slice's first
+    sample, strongest = acc.sample.kept(), acc.top.kept()
     quantile, bands = tables.quantile_examples(
-        acc.sample.kept(),
-        n_latents=n_latents,
+        sample._replace(latent=sample.latent + first),
+        n_latents=acc.latents.stop,
         bands=cfg.quantile_bands,
         per_band=cfg.examples_per_band,
     )
-    top = tables.top_examples(acc.top.kept())
+    top = tables.top_examples(strongest._replace(latent=strongest.latent + first))
     examples = tables.Examples(
         np.concatenate([top.context_ids, quantile.context_ids]),
         itertools.chain(top.batches, quantile.batches),
@@ -138,14 +158,45 @@ def _examples(
 
 
 def _top_token_text(
-    latent_tokens: TokenTable, texts: list[str], *, n_latents: int
+    latent_tokens: TokenTable, texts: list[str], *, latents: LatentSlice
 ) -> list[str | None]:
     """The text of the token each latent fires on most (None for a latent that never fires)."""
-    top: list[str | None] = [None] * n_latents
+    top: list[str | None] = [None] * latents.size
     first = latent_tokens.rank == 0
     for latent, token in zip(latent_tokens.key[first], latent_tokens.other[first], strict=True):
-        top[int(latent)] = texts[int(token)]
+        top[int(latent) - latents.first] = texts[int(token)]
     return top
+
+
+def _fires_of(fires: Fired, latents: LatentSlice) -> Fired:
+    """The fires of the slice's latents, in order (all of them when it holds every latent)."""
+    if latents.is_every:
+        return fires
+    keep = (fires.latent >= latents.first) & (fires.latent < latents.stop)
+    return Fired(fires.token[keep], fires.latent[keep], fires.activation[keep])
+
+
+def _sample_of(sample: explain.TokenSample, latents: LatentSlice) -> explain.TokenSample:
+    """The token sample with only the slice's latents firing: what it explains (every n-gram
+    still counted over every token)."""
+    if latents.is_every:
+        return sample
+    inside = (sample.indices >= latents.first) & (sample.indices < latents.stop)
+    return explain.TokenSample(
+        token_ids=sample.token_ids,
+        indices=sample.indices,
+        activations=np.where(inside, sample.activations, np.float32(0)),
+        held_out=sample.held_out,
+    )
+
+
+def _with_ids(table: pa.Table, latents: LatentSlice) -> pa.Table:
+    """A table made from the slice's accumulators, its `latent_id`s those of the SAE."""
+    if latents.first == 0:
+        return table
+    column = table.schema.get_field_index("latent_id")
+    ids = pa.array(table.column(column).to_numpy() + latents.first, pa.int32())
+    return table.set_column(column, "latent_id", ids)
 
 
 def _vocab(texts: list[str], special: np.ndarray) -> pa.Table:
@@ -172,16 +223,25 @@ def _logits(promoted: Ranked, suppressed: Ranked) -> pa.Table:
 
 
 def _weight_tables(
-    sae: SparseAutoencoder, w_u: torch.Tensor, gain: torch.Tensor | None, cfg: BuildConfig
+    sae: SparseAutoencoder,
+    w_u: torch.Tensor,
+    gain: torch.Tensor | None,
+    cfg: BuildConfig,
+    latents: LatentSlice,
 ) -> tuple[Ranked, Ranked, Ranked]:
-    """Logit effects (promoted, suppressed) and decoder neighbours: the weights alone, on the
-    SAE's device (the GPU's when it has one)."""
+    """Logit effects (promoted, suppressed) and decoder neighbours of the slice's latents:
+    the weights alone, on the SAE's device (the GPU's when it has one)."""
     decoder = sae.W_dec.detach()
     to = decoder.device
     promoted, suppressed = logit_effects(
-        decoder, w_u.to(to), final_norm=None if gain is None else gain.to(to), top=cfg.logit_tokens
+        decoder,
+        w_u.to(to),
+        final_norm=None if gain is None else gain.to(to),
+        top=cfg.logit_tokens,
+        latents=latents.ids,
     )
-    return promoted, suppressed, decoder_neighbours(decoder, top=cfg.neighbours)
+    near = decoder_neighbours(decoder, top=cfg.neighbours, latents=latents.ids)
+    return promoted, suppressed, near
 
 
 def _contexts(source: ActivationSource, context_ids: np.ndarray) -> pa.Table:
@@ -224,24 +284,32 @@ def _patterns(patterns: list[explain.Pattern]) -> pa.Table:
     )
 
 
-def _metrics(
-    acc: Accumulators, precision: np.ndarray, recall: np.ndarray, *, n_sample_contexts: int
+def summary_metrics(
+    *,
+    density: np.ndarray,
+    dead: np.ndarray,
+    dense: np.ndarray,
+    precision: np.ndarray,
+    recall: np.ndarray,
+    n_explained: int,
+    n_sample_contexts: int,
 ) -> dict[str, Any]:
-    flags = tables.latent_flags(acc.stats)
-    alive = ~flags[schema.DEAD]
-    density = flags["density"][alive]
+    """The build row's `metrics`, from per-latent columns (n,) of the `latents` table (NaN
+    where a latent has no score): `indexer merge` recomputes them from the shards' rows."""
+    alive = ~dead
 
     def median(values: np.ndarray) -> float | None:
         values = values[np.isfinite(values)]
         return float(np.median(values)) if len(values) else None
 
     return {
-        "n_latents": int(acc.stats.n_latents),
+        "n_latents": len(density),
         "alive": int(alive.sum()),
-        "dead": int(flags[schema.DEAD].sum()),
-        "dense": int(flags[schema.DENSE].sum()),
-        "median_density": median(density),
+        "dead": int(dead.sum()),
+        "dense": int(dense.sum()),
+        "median_density": median(density[alive]),
         "median_explanation_precision": median(precision),
         "median_explanation_recall": median(recall),
         "token_sample_contexts": n_sample_contexts,
+        "explained": n_explained,
     }

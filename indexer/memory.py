@@ -42,16 +42,24 @@ class Needs:
 
     @classmethod
     def of(
-        cls, *, n_latents: int, d_model: int, k: int, token_sample: int, context_length: int
+        cls,
+        *,
+        n_latents: int,
+        d_model: int,
+        k: int,
+        token_sample: int,
+        context_length: int,
+        kept_latents: int | None = None,
     ) -> Needs:
-        n = n_latents
+        """`kept_latents`: those whose counts this process keeps (a latent shard's), else all."""
+        n = n_latents if kept_latents is None else kept_latents
         counts = n * (6 * 8 + HISTOGRAM_BINS * 8)  # LatentStats
         bounds = 2 * n * 8  # the two reservoirs' bounds
         # Codes (indices and activations, 8 B a slot), their fires found once at the end
         # (token, latent, activation: 20 B), the contexts' token ids (4 B a position).
         tokens = token_sample * (k * 28 + 4 * context_length / max(1, context_length - 1))
         return cls(
-            weights=2 * n * d_model * 4 + 2 * n * 4,
+            weights=2 * n_latents * d_model * 4 + 2 * n_latents * 4,
             per_latent=counts + bounds,
             token_sample=int(tokens),
             working=WORKING_BLOCKS,

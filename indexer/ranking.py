@@ -17,6 +17,10 @@ class Ranked(NamedTuple):
     other: np.ndarray
     value: np.ndarray
 
+    def take(self, rows: np.ndarray) -> Ranked:
+        """The rows `rows` (an index or a mask), in that order."""
+        return Ranked(*(column[rows] for column in self))
+
 
 def concat(parts: list[Ranked]) -> Ranked:
     """The rows of every part, in order (parts computed a block of latents at a time)."""

@@ -216,6 +216,28 @@ explanation_patterns = sa.Table(
     sa.Column("n_hits", sa.BigInteger, nullable=False),
 )
 
+# The mark of a shard file (indexer/shards.py): one row in a shard of a latent-sharded build,
+# which the app refuses to serve; an index never has this table.
+shard_metadata = sa.MetaData()
+shard = sa.Table(
+    "shard",
+    shard_metadata,
+    sa.Column("shard", sa.Integer, nullable=False),  # from 0
+    sa.Column("n_shards", sa.Integer, nullable=False),
+    sa.Column("latent_from", sa.Integer, nullable=False),  # its latents: [latent_from, latent_to)
+    sa.Column("latent_to", sa.Integer, nullable=False),
+    sa.Column("tokens_sha256", sa.String, nullable=False),  # of every context's token ids
+)
+# A shard's explanation scores at full precision (the `latents` columns are float32), from which
+# `indexer merge` recomputes the build row's medians as a single build computes them.
+shard_scores = sa.Table(
+    "shard_scores",
+    shard_metadata,
+    sa.Column("latent_id", sa.Integer, nullable=False),
+    sa.Column("explanation_precision", sa.Double),  # NULL: no score
+    sa.Column("explanation_recall", sa.Double),
+)
+
 # Lookups the app makes on every latent page.
 INDEXES = [
     ("examples", "latent_id"),

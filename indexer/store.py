@@ -62,6 +62,8 @@ def _write(path: Path, tables: dict[str, Rows]) -> None:
     engine = sa.create_engine(f"duckdb:///{path}")
     try:
         schema.metadata.create_all(engine)
+        if schema.shard.name in tables:  # a shard file: its mark, and what the merge needs
+            schema.shard_metadata.create_all(engine)
         raw = engine.raw_connection()
         try:
             connection: Any = raw.driver_connection
@@ -80,7 +82,10 @@ def _write(path: Path, tables: dict[str, Rows]) -> None:
 
 def _insert(connection: Any, name: str, table: Rows) -> None:
     """Bulk insert through DuckDB's Arrow scan, by column name; a reader's batches stream in."""
-    known = {c.name for c in schema.metadata.tables[name].columns}
+    defined = schema.metadata.tables.get(name)
+    if defined is None:
+        defined = schema.shard_metadata.tables[name]
+    known = {c.name for c in defined.columns}
     unknown = set(table.schema.names) - known
     if unknown:
         raise ValueError(f"table {name}: no column(s) {', '.join(sorted(unknown))}")

@@ -44,7 +44,7 @@ PROGRAMS: dict[str, Callable[[list[str]], int]] = {
 
 SUBCOMMANDS = {
     "sae": ["harvest", "train", "eval", "sweep", "report", "convert", "fetch"],
-    "indexer": ["build", "compare"],
+    "indexer": ["build", "merge", "compare"],
     "atlas": ["serve"],
 }
 
@@ -65,6 +65,7 @@ HAND_MADE: dict[tuple[str, str], list[str]] = {
     ("sae", "fetch"): ["--model", "--corpus"],
     ("atlas", "serve"): ["--index", "--host", "--port", "--max-live-chars", "--allow-host"],
     ("indexer", "compare"): ["a", "b", "--ignore", "--rel"],
+    ("indexer", "merge"): ["SHARD", "--out"],
 }
 
 

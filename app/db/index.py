@@ -21,12 +21,13 @@ from sqlalchemy.engine import RowMapping
 from app import records as r
 from app.db import detail as db_detail
 from app.db import search as db_search
-from app.db.check import read_every_table
+from app.db.check import TABLES, read_every_table
 from app.db.rows import SORT_COLUMNS, latent_filters, summary
 from app.db.slices import ExampleColumns, LatentSlices
 from app.errors import STORAGE_ERRORS, AtlasAppError, damaged_index
 from app.filters import escaped_token
 from indexer import schema as s
+from indexer.shards import ShardMark, not_servable
 from sae.report.results import current_metric_keys
 
 
@@ -53,6 +54,12 @@ def open_engine(path: Path) -> sa.Engine:
             f"{path} is not a readable Latent Atlas index (built by `indexer build`): {first}",
             status=500,
         ) from None
+    with engine.connect() as connection:  # a shard of a latent-sharded build is not an index
+        tables = {row[0] for row in connection.exec_driver_sql(TABLES).all()}
+        mark = connection.execute(sa.select(s.shard)).first() if s.shard.name in tables else None
+    if mark is not None:
+        engine.dispose()
+        raise AtlasAppError(not_servable(path, ShardMark(*mark)), status=500)
     try:
         with engine.connect() as connection:
             read_every_table(connection)
