@@ -32,6 +32,7 @@ from pathlib import Path
 import httpx2 as httpx
 
 STATIC_ROUTE = "/bench-static"
+CREATE_APP_STARTED = "create_app_started"  # a file of the static folder: when create_app began
 
 
 def serve(index: str, port: int, static_dir: str) -> None:
@@ -42,6 +43,7 @@ def serve(index: str, port: int, static_dir: str) -> None:
     from app.main import create_app
     from app.settings import AppSettings
 
+    (Path(static_dir) / CREATE_APP_STARTED).write_text(repr(time.time()))
     app = create_app(AppSettings(index=Path(index), port=port))
     app.mount(STATIC_ROUTE, StaticFiles(directory=static_dir), name="bench-static")
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
