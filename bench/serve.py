@@ -71,12 +71,14 @@ def wait_for(url: str, process: subprocess.Popen[bytes], seconds: float = 60) ->
 def plan(base: str, static_dir: Path, *, requests: int, seed: int) -> list[tuple[str, str]]:
     """The shuffled job list, and the static file sized like a latent page."""
     rng = random.Random(seed)
-    latents = httpx.get(f"{base}/api/latents?not_flag=dead&limit=200&sort=n_fires&order=desc")
+    latents = httpx.get(
+        f"{base}/api/latents?not_flag=dead&limit=200&sort=n_fires&order=desc", timeout=120
+    )
     rows = latents.json()["latents"]
     ids = [row["latent_id"] for row in rows]
     words = [w for row in rows for w in ((row["top_token_text"] or "").strip(),) if len(w) > 1]
     words = words or ["the"]
-    size = len(httpx.get(f"{base}/latents/{ids[0]}").content)
+    size = len(httpx.get(f"{base}/latents/{ids[0]}", timeout=120).content)  # the first page
     (static_dir / "page.html").write_bytes(b"x" * size)
     jobs = [("latent page", f"/latents/{rng.choice(ids)}") for _ in range(requests)]
     jobs += [("search", f"/search?q={rng.choice(words)}") for _ in range(requests)]

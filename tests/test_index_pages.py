@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ def test_the_table_holds_one_row_per_latent_in_latent_order(app_index: Path) -> 
         ids = [i for (i,) in connection.execute("SELECT latent_id FROM latent_pages").fetchall()]
         [(n_latents,)] = connection.execute("SELECT n_latents FROM build").fetchall()
         [(page,)] = connection.execute("SELECT page FROM latent_pages LIMIT 1").fetchall()
+        page = zlib.decompress(page)
     assert ids == list(range(n_latents))  # storage order is latent order
     assert set(json.loads(page)) == {"latent", *LISTS}  # the layout indexer/schema.py documents
 
@@ -92,7 +94,9 @@ def test_an_index_without_the_table_is_served_table_by_table(
 def test_the_detail_has_the_examples_of_the_examples_table(index_db: IndexDB) -> None:
     vocab = index_db.vocab()
     with index_db.cursors.cursor() as cursor:
-        detail = latent_detail(cursor, 3, vocab, lists_of=page_lists, tokens=False)
+        detail = latent_detail(
+            cursor, 3, vocab, lists_of=page_lists, contexts=index_db.contexts, tokens=False
+        )
         stored = cursor.execute(
             "SELECT kind, band, rank FROM examples WHERE latent_id = 3 "
             "ORDER BY kind DESC, band DESC NULLS FIRST, rank"

@@ -1,7 +1,8 @@
-"""One latent's page: its lists (from `latent_pages`, or table by table) and its examples.
+"""One latent's page: its lists and examples (from `latent_pages`, or table by table), and the
+contexts its examples show.
 
-Both readers of the lists return `PageLists`, capped the same way, so the page is the same
-whichever the index has; `tests/test_index_pages.py` holds them to that for every latent.
+Both readers return `PageLists`, capped the same way, so the page is the same whichever the
+index has; `tests/test_index_pages.py` holds them to that for every latent.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from app import records as r
+from app.db.contexts import Contexts
 from app.db.cursors import Cursor
-from app.db.examples import read_examples
+from app.db.examples import StoredExample, shown_examples
 from indexer import schema as s
 
 TokenText = Callable[[int], str]  # a token's text by id
@@ -19,9 +21,10 @@ ListsReader = Callable[[Cursor, int, TokenText], "PageLists | None"]
 
 
 class PageLists(NamedTuple):
-    """Everything on a latent's page but its examples."""
+    """Everything on a latent's page but the contexts of its examples."""
 
     latent: r.LatentSummary
+    examples: list[StoredExample]  # top examples, then the bands from the highest
     quantile_bands: list[r.QuantileBand]
     histogram: list[r.HistogramBin]
     promoted: list[r.LogitEffect]
@@ -52,6 +55,7 @@ def latent_detail(
     vocab: Sequence[str],
     *,
     lists_of: ListsReader,
+    contexts: Contexts,
     tokens: bool,
 ) -> r.LatentDetail | None:
     """Everything on a latent's page (None: no such latent); `tokens` adds the per-token
@@ -59,7 +63,8 @@ def latent_detail(
     lists = lists_of(cursor, latent_id, token_text(vocab))
     if lists is None:
         return None
-    shown = read_examples(cursor, latent_id, vocab, tokens=tokens)
+    shown_contexts = contexts.of(cursor, (x.context_id for x in lists.examples))
+    shown = shown_examples(lists.examples, shown_contexts, vocab, tokens=tokens)
     return r.LatentDetail(
         latent=lists.latent,
         top_examples=[x for x in shown if x.kind == s.TOP],

@@ -1,26 +1,25 @@
-"""A latent's examples and the contexts they show, in one indexed read (part of the db layer).
-
-`examples` is written clustered by latent_id (top examples, then quantile examples, each in
-latent order), so DuckDB answers `WHERE latent_id = ?` from its index on latent_id or the one or
-two row groups whose zone maps hold the latent, whatever the width.
-"""
+"""A latent's examples with the contexts they show (part of the db layer)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import NamedTuple
 
 from app import records as r
-from app.db.cursors import Cursor
-from app.db.rows import EXAMPLES_CAP
+from app.db.contexts import Context
 
-# Top examples first (strongest first), then the quantile bands from the highest.
-EXAMPLES = (
-    "SELECT e.kind, e.rank, e.band, e.context_id, c.doc_id, e.position, e.activation, "
-    "c.token_ids, e.activations FROM examples e JOIN contexts c ON c.context_id = e.context_id "
-    "WHERE e.latent_id = $1 ORDER BY e.kind DESC, e.band DESC NULLS FIRST, e.rank "
-    f"LIMIT {EXAMPLES_CAP}"
-)
+
+class StoredExample(NamedTuple):
+    """An `examples` row as the page uses it."""
+
+    kind: str
+    rank: int
+    band: int | None
+    context_id: int
+    position: int
+    activation: float
+    activations: list[float]  # the latent on every token of the context
 
 
 def with_tokens(example: r.Example, vocab: Sequence[str]) -> r.Example:
@@ -30,29 +29,29 @@ def with_tokens(example: r.Example, vocab: Sequence[str]) -> r.Example:
     return replace(example, tokens=[token(t, vocab[t], a) for t, a in pairs])
 
 
-def read_examples(
-    cursor: Cursor, latent_id: int, vocab: Sequence[str], *, tokens: bool
+def shown_examples(
+    stored: list[StoredExample],
+    contexts: dict[int, Context],
+    vocab: Sequence[str],
+    *,
+    tokens: bool,
 ) -> list[r.Example]:
-    """The examples on a latent's page; `tokens` adds the per-token records the JSON API
+    """The examples with their contexts; `tokens` adds the per-token records the JSON API
     returns (pages render from the id and value lists)."""
-    rows = cursor.execute(EXAMPLES, [latent_id]).fetchall()
-    examples = [
-        r.Example(
-            kind=kind,
-            rank=rank,
-            band=band,
-            context_id=context_id,
+    examples = []
+    for x in stored:
+        doc_id, token_ids = contexts[x.context_id]
+        example = r.Example(
+            kind=x.kind,
+            rank=x.rank,
+            band=x.band,
+            context_id=x.context_id,
             doc_id=doc_id,
-            position=position,
-            activation=activation,
+            position=x.position,
+            activation=x.activation,
             tokens=[],
             token_ids=token_ids,
-            activations=activations,
+            activations=x.activations,
         )
-        for kind, rank, band, context_id, doc_id, position, activation, token_ids, activations in (
-            rows
-        )
-    ]
-    if tokens:
-        examples = [with_tokens(example, vocab) for example in examples]
+        examples.append(with_tokens(example, vocab) if tokens else example)
     return examples

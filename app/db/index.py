@@ -3,10 +3,11 @@
 Queries are SQLAlchemy Core statements over the tables of `indexer/schema.py`, executed
 through duckdb-engine on a read-only DuckDB connection; values always travel as bound
 parameters, and every list query carries a row cap. Each call takes its own pooled
-connection (DuckDB connections are not shared between threads), but for a latent's page: two
-indexed reads (its `latent_pages` row and its examples) on this thread's DuckDB cursor
-(`app/db/cursors.py`). Nothing per latent is held in memory, so neither the start, the first
-page nor the memory grows with the number of latents. Results are the dataclasses of
+connection (DuckDB connections are not shared between threads), but for a latent's page: its
+`latent_pages` row (one primary-key read) and the contexts of its examples (kept once read, a
+bounded number: `app/db/contexts.py`) on this thread's DuckDB cursor (`app/db/cursors.py`).
+Nothing per latent is held in memory, so neither the start, the first page nor the memory
+grows with the number of latents. Results are the dataclasses of
 `app/records.py`.
 """
 
@@ -27,6 +28,7 @@ from app import records as r
 from app.db import detail as db_detail
 from app.db import search as db_search
 from app.db.check import read_tables, split_tables, table_names
+from app.db.contexts import Contexts
 from app.db.cursors import Cursors
 from app.db.detail import ListsReader
 from app.db.page import page_lists
@@ -97,6 +99,7 @@ class IndexDB:
         self._vocab_html: list[str] | None = None
         self._vocab_lock = threading.Lock()
         self.cursors = Cursors(self.engine)
+        self.contexts = Contexts()
         self._lists_of = self._lists_reader()
         self.checked = threading.Event()  # set once every block has been read
         if unchecked:
@@ -232,7 +235,12 @@ class IndexDB:
         self._served()
         with self.cursors.cursor() as cursor:
             detail = db_detail.latent_detail(
-                cursor, latent_id, vocab, lists_of=self._lists_of, tokens=tokens
+                cursor,
+                latent_id,
+                vocab,
+                lists_of=self._lists_of,
+                contexts=self.contexts,
+                tokens=tokens,
             )
         if detail is None:
             raise AtlasAppError(

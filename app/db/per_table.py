@@ -13,7 +13,8 @@ from typing import Any
 from app import records as r
 from app.db.cursors import Cursor
 from app.db.detail import PageLists, TokenText, number
-from app.db.rows import HISTOGRAM_CAP, RELATED_CAP, summary
+from app.db.examples import StoredExample
+from app.db.rows import EXAMPLES_CAP, HISTOGRAM_CAP, RELATED_CAP, summary
 from indexer import schema as s
 
 
@@ -35,6 +36,12 @@ PATTERNS = _list("explanation_patterns", "pattern, precision, recall, n_matches,
 HISTOGRAM = _list("activation_histograms", "lower, upper, count", "lower", HISTOGRAM_CAP)
 BANDS = _list(
     "quantile_bands", "band, rank_from, rank_to, min_activation, max_activation", "band DESC"
+)
+EXAMPLES = _list(
+    "examples",
+    "kind, rank, band, context_id, position, activation, activations",
+    "kind DESC, band DESC NULLS FIRST, rank",  # top first, then the bands from the highest
+    EXAMPLES_CAP,
 )
 NAMES = "SELECT latent_id, explanation FROM latents WHERE latent_id IN (SELECT unnest($1))"
 
@@ -59,6 +66,7 @@ def table_lists(cursor: Cursor, latent_id: int, text: TokenText) -> PageLists | 
     }
     return PageLists(
         latent=latent,
+        examples=[StoredExample(*row) for row in _rows(cursor, EXAMPLES, latent_id)],
         quantile_bands=[r.QuantileBand(*row) for row in _rows(cursor, BANDS, latent_id)],
         histogram=[r.HistogramBin(*row) for row in _rows(cursor, HISTOGRAM, latent_id)],
         promoted=effects[s.PROMOTED],
