@@ -29,14 +29,13 @@ def index_db(app_index: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     db.close()
 
 
-def test_the_table_holds_one_row_per_latent_in_latent_order(app_index: Path) -> None:
-    with duckdb.connect(str(app_index), read_only=True) as connection:
-        ids = [i for (i,) in connection.execute("SELECT latent_id FROM latent_pages").fetchall()]
-        [(n_latents,)] = connection.execute("SELECT n_latents FROM build").fetchall()
-        [(page,)] = connection.execute("SELECT page FROM latent_pages LIMIT 1").fetchall()
-        page = zlib.decompress(page)
-    assert ids == list(range(n_latents))  # storage order is latent order
-    assert set(json.loads(page)) == {"latent", *LISTS}  # the layout indexer/schema.py documents
+def test_the_table_holds_one_row_per_latent_in_latent_order(index_db: IndexDB) -> None:
+    with index_db.cursors.cursor() as cursor:  # the app's own connection to the file
+        ids = [i for (i,) in cursor.execute("SELECT latent_id FROM latent_pages").fetchall()]
+        [(page,)] = cursor.execute("SELECT page FROM latent_pages LIMIT 1").fetchall()
+    assert ids == list(range(index_db.build.n_latents))  # storage order is latent order
+    layout = set(json.loads(zlib.decompress(page)))
+    assert layout == {"latent", *LISTS}  # the layout indexer/schema.py documents
 
 
 def test_every_page_from_the_table_equals_the_page_from_the_tables(index_db: IndexDB) -> None:

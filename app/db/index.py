@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import sqlalchemy as sa
 from sqlalchemy.engine import RowMapping
 
@@ -94,6 +95,7 @@ class IndexDB:
         self.path = path
         self.engine, unchecked = open_engine(path)
         self.damage: AtlasAppError | None = None  # set when the background read finds damage
+        self._closed = False
         self.build = self._read_build()
         self._vocab: list[str] | None = None
         self._vocab_html: list[str] | None = None
@@ -109,6 +111,7 @@ class IndexDB:
 
     def close(self) -> None:
         """Release every connection; like SQLAlchemy's `dispose`, a later query opens anew."""
+        self._closed = True  # what the background read meets from now on is not damage
         self.cursors.close()
         self.engine.dispose()
 
@@ -130,8 +133,10 @@ class IndexDB:
             with self.engine.connect() as connection:
                 read_tables(connection, tables)
         except STORAGE_ERRORS as exc:
-            self.damage = damaged_index(self.path, exc)
-            log.error("%s", self.damage.message)
+            cause = getattr(exc, "orig", None) or exc
+            if not self._closed and not isinstance(cause, duckdb.InterruptException):
+                self.damage = damaged_index(self.path, exc)
+                log.error("%s", self.damage.message)
         except Exception:  # closed while reading: nothing is served any more
             pass
         finally:
@@ -178,10 +183,11 @@ class IndexDB:
         """Every token's text by id, read once: the index never changes under the app."""
         with self._vocab_lock:
             if self._vocab is None:
-                rows = self._rows(sa.select(s.vocab.c.token_id, s.vocab.c.text))
-                texts = [""] * (max((row["token_id"] for row in rows), default=-1) + 1)
-                for row in rows:
-                    texts[row["token_id"]] = row["text"]
+                with self.cursors.cursor() as cursor:  # V rows: no SQLAlchemy row per token
+                    rows = cursor.execute("SELECT token_id, text FROM vocab").fetchall()
+                texts = [""] * (max((token_id for token_id, _ in rows), default=-1) + 1)
+                for token_id, text in rows:
+                    texts[token_id] = text
                 self._vocab = texts
             return self._vocab
 
