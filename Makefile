@@ -12,7 +12,7 @@ RUN ?= runs/demo
 BENCH_RUN ?= runs/bench
 
 .PHONY: help setup system chromium demo demo-index test lint typecheck pytest bench bench-index \
-	bench-scale bench-serve sweep check-peers clean
+	bench-scale bench-serve bench-serve-wide sweep check-peers clean
 
 help:
 	@echo "make demo   harvest activations of the default model, train an SAE on them, evaluate and"
@@ -106,6 +106,12 @@ sweep: setup
 bench-serve: setup
 	@test -f $(RUN)/index.duckdb || $(MAKE) demo-index
 	$(BIN)/python bench/serve.py --index $(RUN)/index.duckdb
+
+# The server on synthetic indexes 4,608, 65,536 and 262,144 latents wide (bench/wide_index.py,
+# written once to runs/wide through the indexer's writer): first page after start, RSS, latent
+# page p50 under 16 clients next to a static file of its size, the table sorted by density.
+bench-serve-wide: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/serve_wide.py --dir runs/wide
 
 # `indexer build` vs reading + encoding the same 1M activations, and its peak RSS at 250k vs 1M:
 # needs the demo's SAE and a 1M-token cache of the same layer (harvested once, ~17 min).

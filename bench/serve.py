@@ -32,6 +32,7 @@ from pathlib import Path
 import httpx2 as httpx
 
 STATIC_ROUTE = "/bench-static"
+CREATE_APP_STARTED = "create_app_started"  # a file of the static folder: when create_app began
 
 
 def serve(index: str, port: int, static_dir: str) -> None:
@@ -42,6 +43,7 @@ def serve(index: str, port: int, static_dir: str) -> None:
     from app.main import create_app
     from app.settings import AppSettings
 
+    (Path(static_dir) / CREATE_APP_STARTED).write_text(repr(time.time()))
     app = create_app(AppSettings(index=Path(index), port=port))
     app.mount(STATIC_ROUTE, StaticFiles(directory=static_dir), name="bench-static")
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
@@ -69,12 +71,14 @@ def wait_for(url: str, process: subprocess.Popen[bytes], seconds: float = 60) ->
 def plan(base: str, static_dir: Path, *, requests: int, seed: int) -> list[tuple[str, str]]:
     """The shuffled job list, and the static file sized like a latent page."""
     rng = random.Random(seed)
-    latents = httpx.get(f"{base}/api/latents?not_flag=dead&limit=200&sort=n_fires&order=desc")
+    latents = httpx.get(
+        f"{base}/api/latents?not_flag=dead&limit=200&sort=n_fires&order=desc", timeout=120
+    )
     rows = latents.json()["latents"]
     ids = [row["latent_id"] for row in rows]
     words = [w for row in rows for w in ((row["top_token_text"] or "").strip(),) if len(w) > 1]
     words = words or ["the"]
-    size = len(httpx.get(f"{base}/latents/{ids[0]}").content)
+    size = len(httpx.get(f"{base}/latents/{ids[0]}", timeout=120).content)  # the first page
     (static_dir / "page.html").write_bytes(b"x" * size)
     jobs = [("latent page", f"/latents/{rng.choice(ids)}") for _ in range(requests)]
     jobs += [("search", f"/search?q={rng.choice(words)}") for _ in range(requests)]

@@ -219,8 +219,8 @@ def _merged_tables(connection: duckdb.DuckDBPyConnection, shards: list[Shard]) -
     }
     out: dict[str, Rows] = {}
     for name in shards[0].tables:
-        if name == "build" or name in schema.shard_metadata.tables:
-            continue  # made anew; what only a shard holds
+        if name in ("build", schema.latent_pages.name) or name in schema.shard_metadata.tables:
+            continue  # made anew (the pages from the merged tables); what only a shard holds
         if name in rules:
             out[name] = _reader(connection, [rules[name](name)])
         elif "latent_id" in _column_names(connection, name):

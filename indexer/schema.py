@@ -238,6 +238,26 @@ shard_scores = sa.Table(
     sa.Column("explanation_recall", sa.Double),
 )
 
+# Everything a latent's page shows but its contexts' tokens, one JSON object a latent, stored
+# zlib-compressed (indexer/pages.py builds it from the tables above, so it adds no fact of its
+# own; `zlib.decompress(page)` is the JSON text): `latent` (the page's own row
+# of `latents`: latent_id, n_fires, n_contexts, density, log10_density, mean_activation,
+# max_activation, flags, top_token_text, explanation, explanation_precision,
+# explanation_recall), then lists of arrays in the order the page shows them: `promoted` and
+# `suppressed` [token_id, value], `neighbours` [other_id, cosine, its explanation], `coactive`
+# [other_id, jaccard, count, its explanation], `top_tokens` [token_id, count, mean_activation],
+# `patterns` [pattern, precision, recall, n_matches, n_hits], `histogram` [lower, upper, count],
+# `bands` [band, rank_from, rank_to, min_activation, max_activation] (highest band first),
+# `examples` [kind, rank, band, context_id, position, activation, the length of its
+# activations, the positions where they are not 0, the activations there] (as `examples` orders
+# them: top, then the bands from the highest).
+latent_pages = sa.Table(
+    "latent_pages",
+    metadata,
+    _id("latent_id"),
+    sa.Column("page", sa.LargeBinary, nullable=False),
+)
+
 # Lookups the app makes on every latent page.
 INDEXES = [
     ("examples", "latent_id"),

@@ -13,7 +13,7 @@ from typing import Any, TypeAlias
 import pyarrow as pa
 import sqlalchemy as sa
 
-from indexer import schema
+from indexer import pages, schema
 
 Rows: TypeAlias = (
     pa.Table | pa.RecordBatchReader
@@ -69,6 +69,9 @@ def _write(path: Path, tables: dict[str, Rows]) -> None:
             connection: Any = raw.driver_connection
             for name, table in tables.items():
                 _insert(connection, name, table)
+            if schema.shard.name not in tables:  # a merge makes the pages of all latents
+                for block in pages.page_blocks(connection):  # from the tables just written
+                    _insert(connection, schema.latent_pages.name, block)
             for table_name, column in schema.INDEXES:
                 connection.execute(
                     f"CREATE INDEX idx_{table_name}_{column} ON {table_name} ({column})"

@@ -47,13 +47,15 @@ def truncated(index: Path, out: Path) -> Path:
     return out
 
 
-def flipped(index: Path, out: Path, *, table: str = "examples") -> Path:
-    """16 bytes inverted inside the first block of `table`: only reading it shows the damage."""
+def flipped(index: Path, out: Path, *, table: str = "examples", every: bool = False) -> Path:
+    """16 bytes inverted inside the first block of `table` (`every`: of each of its blocks):
+    only reading it shows the damage."""
     shutil.copy(index, out)  # read from the copy: the app under test holds `index` open
     block_size, blocks = data_blocks(out, table=table)
     data = bytearray(out.read_bytes())
-    at = FILE_HEADER + blocks[0] * block_size + 1000
-    data[at : at + 16] = bytes(b ^ 0xFF for b in data[at : at + 16])
+    for block in blocks if every else blocks[:1]:
+        at = FILE_HEADER + block * block_size + 1000
+        data[at : at + 16] = bytes(b ^ 0xFF for b in data[at : at + 16])
     out.write_bytes(bytes(data))
     return out
 
@@ -147,8 +149,9 @@ def test_a_file_damaged_after_start_gives_a_clear_500(app_index: Path, tmp_path:
     shutil.copy(app_index, copy)
     settings = AppSettings(index=copy, allowed_hosts=("testserver",))
     with TestClient(create_app(settings)) as client:
-        damaged = flipped(copy, tmp_path / "flipped.duckdb").read_bytes()
-        copy.write_bytes(damaged)  # in place, under the running app
+        # the table a latent page reads
+        damaged = flipped(copy, tmp_path / "flipped.duckdb", table="latent_pages", every=True)
+        copy.write_bytes(damaged.read_bytes())  # in place, under the running app
         page = client.get("/latents/1")
         api = client.get("/api/latents/1")
     assert page.status_code == api.status_code == 500

@@ -3,46 +3,69 @@
 Queries are SQLAlchemy Core statements over the tables of `indexer/schema.py`, executed
 through duckdb-engine on a read-only DuckDB connection; values always travel as bound
 parameters, and every list query carries a row cap. Each call takes its own pooled
-connection (DuckDB connections are not shared between threads). Results are the
-dataclasses of `app/records.py`.
+connection (DuckDB connections are not shared between threads), but for a latent's page: its
+`latent_pages` row (one primary-key read) and the contexts of its examples (kept once read, a
+bounded number: `app/db/contexts.py`) on this thread's DuckDB cursor (`app/db/cursors.py`).
+Nothing per latent is held in memory, so neither the start, the first page nor the memory
+grows with the number of latents. Results are the dataclasses of
+`app/records.py`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import sqlalchemy as sa
 from sqlalchemy.engine import RowMapping
 
 from app import records as r
 from app.db import detail as db_detail
 from app.db import search as db_search
-from app.db.check import TABLES, read_every_table
+from app.db.check import read_tables, split_tables, table_names
+from app.db.contexts import Contexts
+from app.db.cursors import Cursors
+from app.db.detail import ListsReader
+from app.db.page import page_lists
+from app.db.per_table import table_lists
 from app.db.rows import SORT_COLUMNS, latent_filters, summary
-from app.db.slices import ExampleColumns, LatentSlices
 from app.errors import STORAGE_ERRORS, AtlasAppError, damaged_index
 from app.filters import escaped_token
 from indexer import schema as s
 from indexer.shards import ShardMark, not_servable
 from sae.report.results import current_metric_keys
 
+log = logging.getLogger("atlas")
+# DuckDB keeps the blocks it has read until this much memory is in use (its default, 80% of
+# RAM, would let the background read of every block, or pages over a wide index, keep the file).
+MEMORY_LIMIT = "256MB"
+# One thread per query: a page's reads are too small to split, and requests already run side by
+# side, each on its own thread's cursor.
+DUCKDB_THREADS = 1
+
 
 def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
-def open_engine(path: Path) -> sa.Engine:
-    """A read-only engine on `path`, checked to be an index; a clear error otherwise."""
+def open_engine(path: Path) -> tuple[sa.Engine, list[str]]:
+    """A read-only engine on `path`, checked to be an index; a clear error otherwise.
+
+    Every block of a small file is read here; a large one has the tables read here that do not
+    grow with the width, and the others are returned, for `IndexDB` to read in the background."""
     if path.is_dir():
         raise AtlasAppError(f"{path} is a folder; give the index's .duckdb file", status=500)
     if not path.is_file():
         raise AtlasAppError(f"index file {path} does not exist", status=500)
     url = sa.engine.URL.create("duckdb", database=str(path))  # any character in the name
-    engine = sa.create_engine(url, connect_args={"read_only": True})
+    config = {"memory_limit": MEMORY_LIMIT, "threads": DUCKDB_THREADS}
+    engine = sa.create_engine(url, connect_args={"read_only": True, "config": config})
     try:
         with engine.connect() as connection:
             connection.execute(sa.select(s.build.c.schema_version).limit(1)).all()
@@ -55,19 +78,21 @@ def open_engine(path: Path) -> sa.Engine:
             status=500,
         ) from None
     with engine.connect() as connection:  # a shard of a latent-sharded build is not an index
-        tables = {row[0] for row in connection.exec_driver_sql(TABLES).all()}
-        mark = connection.execute(sa.select(s.shard)).first() if s.shard.name in tables else None
+        names = table_names(connection)
+        mark = connection.execute(sa.select(s.shard)).first() if s.shard.name in names else None
     if mark is not None:
         engine.dispose()
         raise AtlasAppError(not_servable(path, ShardMark(*mark)), status=500)
     try:
         with engine.connect() as connection:
-            read_every_table(connection)
+            tables = table_names(connection)
+            now, later = split_tables(tables, file_size=path.stat().st_size)
+            read_tables(connection, now)
     except STORAGE_ERRORS as exc:
         engine.dispose()
         raise damaged_index(path, exc) from None
     engine.dispose()  # frees the blocks the check left in DuckDB's cache; reopens on use
-    return engine
+    return engine, later
 
 
 class IndexDB:
@@ -75,19 +100,67 @@ class IndexDB:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.engine = open_engine(path)
+        self.engine, unchecked = open_engine(path)
+        self.damage: AtlasAppError | None = None  # set when the background read finds damage
+        self._closed = False
         self.build = self._read_build()
         self._vocab: list[str] | None = None
-        self._slices: LatentSlices | None = None
-        self._examples: ExampleColumns | None = None
         self._vocab_html: list[str] | None = None
         self._vocab_lock = threading.Lock()
+        self.cursors = Cursors(self.engine)
+        self.contexts = Contexts()
+        self._lists_of = self._lists_reader()
+        self.checked = threading.Event()  # set once every block has been read
+        if unchecked:
+            threading.Thread(target=self._check, args=(unchecked,), daemon=True).start()
+        else:
+            self.checked.set()
 
     def close(self) -> None:
+        """Release every connection; like SQLAlchemy's `dispose`, a later query opens anew."""
+        self._closed = True  # what the background read meets from now on is not damage
+        self.cursors.close()
         self.engine.dispose()
 
-    def _rows(self, statement: sa.Executable) -> Sequence[RowMapping]:
+    def _lists_reader(self) -> ListsReader:
+        """Pages from `latent_pages`, or table by table from an index built before it."""
         with self.engine.connect() as connection:
+            if s.latent_pages.name in table_names(connection):
+                return page_lists
+        log.warning(
+            "%s has no latent_pages table (built by an older `indexer build`): each latent page "
+            "reads ten tables; rebuild the index for pages in two reads",
+            self.path,
+        )
+        return table_lists
+
+    def _check(self, tables: list[str]) -> None:
+        """Every block of the tables that grow with the width read once, right after start."""
+        try:
+            with self.engine.connect() as connection:
+                read_tables(connection, tables)
+        except STORAGE_ERRORS as exc:
+            cause = getattr(exc, "orig", None) or exc
+            if not self._closed and not isinstance(cause, duckdb.InterruptException):
+                self.damage = damaged_index(self.path, exc)
+                log.error("%s", self.damage.message)
+        except Exception:  # closed while reading: nothing is served any more
+            pass
+        finally:
+            self.checked.set()
+
+    def _served(self) -> None:
+        if self.damage is not None:
+            raise self.damage
+
+    @contextmanager
+    def _connect(self) -> Iterator[sa.Connection]:
+        self._served()
+        with self.engine.connect() as connection:
+            yield connection
+
+    def _rows(self, statement: sa.Executable) -> Sequence[RowMapping]:
+        with self._connect() as connection:
             return connection.execute(statement).mappings().all()
 
     def _read_build(self) -> r.BuildInfo:
@@ -117,10 +190,11 @@ class IndexDB:
         """Every token's text by id, read once: the index never changes under the app."""
         with self._vocab_lock:
             if self._vocab is None:
-                rows = self._rows(sa.select(s.vocab.c.token_id, s.vocab.c.text))
-                texts = [""] * (max((row["token_id"] for row in rows), default=-1) + 1)
-                for row in rows:
-                    texts[row["token_id"]] = row["text"]
+                with self.cursors.cursor() as cursor:  # V rows: no SQLAlchemy row per token
+                    rows = cursor.execute("SELECT token_id, text FROM vocab").fetchall()
+                texts = [""] * (max((token_id for token_id, _ in rows), default=-1) + 1)
+                for token_id, text in rows:
+                    texts[token_id] = text
                 self._vocab = texts
             return self._vocab
 
@@ -143,25 +217,13 @@ class IndexDB:
             .limit(query.limit)
         )
         count = sa.select(sa.func.count()).select_from(s.latents).where(*where)
-        with self.engine.connect() as connection:
+        with self._connect() as connection:
             total = int(connection.execute(count).scalar_one())
             rows = connection.execute(statement).mappings().all()
         latents = [summary(row) for row in rows]
         return r.LatentTablePage(
             total=total, offset=query.offset, limit=query.limit, latents=latents
         )
-
-    def latent(self, latent_id: int) -> r.LatentSummary:
-        found = self.slices().summary
-        if not 0 <= latent_id < len(found) or found[latent_id] is None:
-            raise AtlasAppError(
-                f"latent {latent_id} does not exist (this index has latents 0 to "
-                f"{self.build.n_latents - 1})",
-                status=404,
-            )
-        latent = found[latent_id]
-        assert latent is not None
-        return latent
 
     def explanations(self, latent_ids: Iterable[int]) -> dict[int, str | None]:
         ids = sorted(set(latent_ids))[:1000]
@@ -173,22 +235,6 @@ class IndexDB:
 
     # --- one latent, search ---------------------------------------------------------------
 
-    def slices(self) -> LatentSlices:
-        """The small per-latent tables in memory, read on first use."""
-        with self._vocab_lock:
-            if self._slices is None:
-                with self.engine.connect() as connection:
-                    self._slices = LatentSlices(connection, self.build.n_latents)
-            return self._slices
-
-    def stored_examples(self) -> ExampleColumns:
-        """Every example and the contexts they show, in memory, read on first use."""
-        with self._vocab_lock:
-            if self._examples is None:
-                with self.engine.connect() as connection:
-                    self._examples = ExampleColumns(connection, self.build.n_latents)
-            return self._examples
-
     def vocab_html(self) -> list[str]:
         """Every token's text as shown and escaped, once: pages hold thousands of tokens."""
         texts = self.vocab()
@@ -198,12 +244,27 @@ class IndexDB:
             return self._vocab_html
 
     def latent_detail(self, latent_id: int, *, tokens: bool = False) -> r.LatentDetail:
-        latent = self.latent(latent_id)
-        vocab, slices, stored = self.vocab(), self.slices(), self.stored_examples()
-        return db_detail.latent_detail(latent, vocab, slices, stored, tokens=tokens)
+        vocab = self.vocab()
+        self._served()
+        with self.cursors.cursor() as cursor:
+            detail = db_detail.latent_detail(
+                cursor,
+                latent_id,
+                vocab,
+                lists_of=self._lists_of,
+                contexts=self.contexts,
+                tokens=tokens,
+            )
+        if detail is None:
+            raise AtlasAppError(
+                f"latent {latent_id} does not exist (this index has latents 0 to "
+                f"{self.build.n_latents - 1})",
+                status=404,
+            )
+        return detail
 
     def search(self, query: str, *, limit: int) -> r.SearchResults:
-        with self.engine.connect() as connection:
+        with self._connect() as connection:
             latents = db_search.search_latents(connection, query, limit=limit)
             tokens = db_search.search_tokens(connection, query, per_token=10)
         return r.SearchResults(query=query, latents=latents, tokens=tokens)

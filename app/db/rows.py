@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, get_args
 
 import sqlalchemy as sa
@@ -16,6 +16,7 @@ SORT_COLUMNS: dict[str, sa.ColumnElement[Any]] = {
     key: s.latents.c[key] for key in get_args(r.SortKey)
 }  # a sort key is the name of its column
 RELATED_CAP = 50  # rows of any per-latent list (neighbours, tokens, logits, patterns)
+HISTOGRAM_CAP = 1000  # bins of a latent's activation histogram
 EXAMPLES_CAP = 200
 
 
@@ -53,7 +54,7 @@ def latent_filters(query: r.LatentQuery) -> list[sa.ColumnElement[bool]]:
     return where
 
 
-def summary(row: RowMapping) -> r.LatentSummary:
+def summary(row: RowMapping | Mapping[str, Any]) -> r.LatentSummary:
     return r.LatentSummary(
         latent_id=row["latent_id"],
         n_fires=row["n_fires"],
