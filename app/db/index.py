@@ -19,7 +19,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import duckdb
 import sqlalchemy as sa
@@ -95,6 +95,30 @@ def open_engine(path: Path) -> tuple[sa.Engine, list[str]]:
     return engine, later
 
 
+class EscapedTokens(Sequence[str]):
+    """The vocabulary as pages show it, escaped: each token when first shown, then kept (a
+    page holds thousands of tokens; escaping all 49,152 up front cost the first page ~1.3 s)."""
+
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = texts
+        self.done: dict[int, str] = {}
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        found = self.done.get(index)
+        if found is None:  # two threads may both escape a token: the same text either way
+            found = self.done[index] = escaped_token(self.texts[index])
+        return found
+
+
 class IndexDB:
     """The index behind the app: build row and vocabulary cached, everything else queried."""
 
@@ -105,7 +129,7 @@ class IndexDB:
         self._closed = False
         self.build = self._read_build()
         self._vocab: list[str] | None = None
-        self._vocab_html: list[str] | None = None
+        self._vocab_html: EscapedTokens | None = None
         self._vocab_lock = threading.Lock()
         self.cursors = Cursors(self.engine)
         self.contexts = Contexts()
@@ -235,12 +259,12 @@ class IndexDB:
 
     # --- one latent, search ---------------------------------------------------------------
 
-    def vocab_html(self) -> list[str]:
-        """Every token's text as shown and escaped, once: pages hold thousands of tokens."""
+    def vocab_html(self) -> EscapedTokens:
+        """Every token's text as shown and escaped, each once, when a page first shows it."""
         texts = self.vocab()
         with self._vocab_lock:
             if self._vocab_html is None:
-                self._vocab_html = [escaped_token(text) for text in texts]
+                self._vocab_html = EscapedTokens(texts)
             return self._vocab_html
 
     def latent_detail(self, latent_id: int, *, tokens: bool = False) -> r.LatentDetail:
