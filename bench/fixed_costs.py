@@ -196,7 +196,7 @@ def main() -> None:
         return
     here = Path(__file__).resolve().parents[1]
     checkouts = [here] + ([Path(args.against).resolve()] if args.against else [])
-    names = ["this checkout"] + ([f"--against {args.against}"] if args.against else [])
+    names = ["this checkout"] + ([f"against {checkouts[1].name}"] if args.against else [])
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     print(f"indexer build --sae {args.sae} --tokens {args.tokens:,} (streamed from the model)")
     for round_ in range(args.rounds):
