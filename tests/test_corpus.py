@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoTokenizer
 
-from sae.activations.contexts import build_contexts, contexts_needed
+from sae.activations.contexts import build_contexts, contexts_needed, encode_texts
 from sae.activations.corpus import Document, open_corpus
 from sae.errors import AtlasError
-from tests.helpers import DOCUMENTS
+from tests.helpers import DOCUMENTS, HOSTILE_TEXT
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +125,59 @@ def test_empty_corpus_is_a_clear_error(tokenizer, tmp_path: Path) -> None:  # ty
 def test_contexts_needed_excludes_position_zero() -> None:
     assert contexts_needed(200_000, 64) == 3175  # 3175 * 63 = 200,025 >= 200,000
     assert contexts_needed(63, 64) == 1
+
+
+# Texts the ids-only fast path must encode exactly as the tokenizer's own call does: code with
+# indentation, non-ASCII, a special token's text, emptiness and runs of whitespace.
+AWKWARD_TEXTS = [
+    *DOCUMENTS,
+    HOSTILE_TEXT,
+    "def f(x):\n\tif x:\n        return 'ünïcödé ✓ 日本語'\n\n\n",
+    "<|endoftext|> after a special token's text, and <|im_start|> too",
+    "",
+    "   \u00a0  \r\n trailing   ",
+]
+
+
+def test_fast_encoding_is_the_tokenizers_own(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    assert tokenizer.is_fast  # the path under test, not the fallback
+    reference = tokenizer(AWKWARD_TEXTS, add_special_tokens=False)["input_ids"]
+    assert encode_texts(tokenizer, AWKWARD_TEXTS) == reference
+
+
+def test_a_backend_set_to_truncate_falls_back_to_the_full_encoding(
+    default_model_folder: Path,
+) -> None:
+    truncating = AutoTokenizer.from_pretrained(default_model_folder)
+    truncating.backend_tokenizer.enable_truncation(max_length=3)
+    full = AutoTokenizer.from_pretrained(default_model_folder)(DOCUMENTS, add_special_tokens=False)[
+        "input_ids"
+    ]
+    assert max(len(ids) for ids in full) > 3
+    assert encode_texts(truncating, DOCUMENTS) == full
+
+
+def test_a_stream_holds_the_contexts_of_its_corpus(tiny_model_dir: Path, text_corpus: Path) -> None:
+    """open_stream tokenizes while the model loads: the contexts are build_contexts' own."""
+    from sae.activations.source import open_stream
+
+    source = open_stream(
+        str(tiny_model_dir),
+        layer=1,
+        corpus=str(text_corpus),
+        tokens=300,
+        context_length=17,
+        seed=4,
+        device="cpu",
+    )
+    expected = build_contexts(
+        open_corpus(str(text_corpus)).documents(),
+        AutoTokenizer.from_pretrained(tiny_model_dir),
+        context_length=17,
+        n_contexts=contexts_needed(300, 17),
+        seed=4,
+    )
+    np.testing.assert_array_equal(source.token_ids, expected.token_ids)
+    table = source.context_table(np.arange(len(expected)))
+    assert table.column("doc_id").to_pylist() == [expected.documents[i] for i in expected.doc_index]
+    assert table.column("start").to_pylist() == expected.start.tolist()

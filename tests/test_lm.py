@@ -12,8 +12,10 @@ from sae.activations.lm import (
     check_layer,
     load_config,
     load_lm,
+    load_tokenizer,
     next_token_loss,
     residual_stream,
+    vocabulary,
 )
 from sae.errors import AtlasError
 from tests.helpers import ENGLISH
@@ -71,3 +73,16 @@ def test_layer_out_of_range_names_the_range(tiny_model_dir: Path) -> None:
 def test_unknown_model_offline_is_a_clear_error() -> None:
     with pytest.raises(AtlasError, match=r"unknown model 'no-such-org/no-such-model'.*offline"):
         load_lm("no-such-org/no-such-model")
+
+
+def test_vocabulary_is_each_token_decoded_alone(tiny_model_dir: Path) -> None:
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    lm = LanguageModel(model=None, tokenizer=tokenizer, name="tiny", source=str(tiny_model_dir))
+    size = len(tokenizer) + 3  # an embedding may have rows past the tokenizer's last id
+    texts, special = vocabulary(lm, size)
+    reference = tokenizer.batch_decode(
+        [[i] for i in range(size)], clean_up_tokenization_spaces=False
+    )
+    assert texts == reference
+    assert special.tolist() == [i in set(tokenizer.all_special_ids) for i in range(size)]
+    assert texts[-1] == ""

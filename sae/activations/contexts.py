@@ -65,7 +65,7 @@ def build_contexts(
     documents_read: list[str] = []
     n_tokens = 0
     for batch in _batched(documents, TOKENIZE_BATCH):
-        encoded = tokenizer([doc.text for doc in batch], add_special_tokens=False)["input_ids"]
+        encoded = encode_texts(tokenizer, [doc.text for doc in batch])
         for doc, ids in zip(batch, encoded, strict=True):
             if not ids:
                 continue
@@ -95,6 +95,27 @@ def build_contexts(
         start=first_offset[order],
         documents=documents_read,
     )
+
+
+def encode_texts(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """Each text's token ids, no special tokens added: `tokenizer(texts, ...)["input_ids"]`.
+
+    A fast tokenizer is asked for the ids alone (`encode_batch_fast` of its Rust backend skips
+    the offsets that call computes and drops), when its backend is set up as that call would
+    set it: no padding, no truncation, special tokens split or not as the tokenizer says.
+    """
+    backend: Any = tokenizer.backend_tokenizer if getattr(tokenizer, "is_fast", False) else None
+    if backend is None or not hasattr(backend, "encode_batch_fast"):
+        return tokenizer(texts, add_special_tokens=False)["input_ids"]
+    split_special = bool(getattr(tokenizer, "split_special_tokens", False))
+    as_the_call_sets_it = (
+        backend.truncation is None
+        and backend.padding is None
+        and backend.encode_special_tokens == split_special
+    )
+    if not as_the_call_sets_it:
+        return tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=False)]
 
 
 def _batched(items: Iterable[Document], size: int) -> Iterator[list[Document]]:

@@ -174,16 +174,32 @@ def check_layer(config: Any, layer: int, *, name: str) -> None:
         )
 
 
-def load_lm(
-    name: str = DEFAULT_MODEL, *, dtype: ModelDtype = "float32", device: str = "cpu"
-) -> LanguageModel:
-    """Load a causal LM and its tokenizer in eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_tokenizer(name: str = DEFAULT_MODEL) -> Any:
+    """The model's tokenizer alone: enough to cut a corpus into contexts before the weights load."""
+    from transformers import AutoTokenizer
 
     load_config(name)  # turns "unknown model" into a clear error before anything heavy
     source = resolve_model(name)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise AtlasError(f"cannot load model {name!r} from {source}: {_first_line(exc)}") from None
+
+
+def load_lm(
+    name: str = DEFAULT_MODEL,
+    *,
+    dtype: ModelDtype = "float32",
+    device: str = "cpu",
+    tokenizer: Any = None,
+) -> LanguageModel:
+    """Load a causal LM and its tokenizer (or use `tokenizer`, loaded before) in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    if tokenizer is None:
+        tokenizer = load_tokenizer(name)
+    source = resolve_model(name)
+    try:
         model: Any = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype))
     except (OSError, ValueError) as exc:
         raise AtlasError(f"cannot load model {name!r} from {source}: {_first_line(exc)}") from None
@@ -302,9 +318,18 @@ def vocab_size(lm: LanguageModel) -> int:
 
 
 def vocabulary(lm: LanguageModel, size: int) -> tuple[list[str], np.ndarray]:
-    """Every token's text (as the tokenizer decodes it alone) and whether it is special."""
+    """Every token's text (as the tokenizer decodes it alone) and whether it is special.
+
+    A fast tokenizer decodes the whole vocabulary in one call to its Rust backend, which is what
+    its `batch_decode` does one token at a time (without the clean-up of spaces, as here).
+    """
     tokenizer = lm.tokenizer
-    texts = tokenizer.batch_decode([[i] for i in range(size)], clean_up_tokenization_spaces=False)
+    single = [[i] for i in range(size)]
+    backend = tokenizer.backend_tokenizer if getattr(tokenizer, "is_fast", False) else None
+    if backend is not None:
+        texts = backend.decode_batch(single, skip_special_tokens=False)
+    else:
+        texts = tokenizer.batch_decode(single, clean_up_tokenization_spaces=False)
     special = np.zeros(size, bool)
     ids = [i for i in tokenizer.all_special_ids if 0 <= i < size]
     special[ids] = True

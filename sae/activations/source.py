@@ -11,6 +11,7 @@ own shuffled shards (sae/training/batches.py).
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -19,14 +20,15 @@ import pyarrow as pa
 import torch
 
 from sae.activations.cache import ActivationCache
-from sae.activations.contexts import build_contexts, contexts_needed
-from sae.activations.corpus import open_corpus
+from sae.activations.contexts import Contexts, build_contexts, contexts_needed
+from sae.activations.corpus import Corpus, open_corpus
 from sae.activations.lm import (
     LanguageModel,
     check_layer,
     hook_description,
     load_config,
     load_lm,
+    load_tokenizer,
     residual_stream,
 )
 from sae.sinks import after_position_0
@@ -129,19 +131,27 @@ def open_stream(
 ) -> StreamSource:
     """Model `model` on `device` over about `tokens` tokens of `corpus`, cut into contexts.
 
-    The layer is checked against the model's config before any weight is loaded.
+    The layer is checked against the model's config before any weight is loaded. The corpus is
+    tokenized in a thread while the weights load: the Rust tokenizer releases the GIL, and
+    loading is mostly Python importing the model's code.
     """
     check_layer(load_config(model), layer, name=model)
-    lm = load_lm(model, device=device)
-    return StreamSource(
-        lm,
-        corpus=corpus,
-        layer=layer,
-        tokens=tokens,
-        context_length=context_length,
-        seed=seed,
-        chunk_contexts=chunk_contexts,
-    )
+    tokenizer = load_tokenizer(model)
+    documents = open_corpus(corpus)
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        contexts = worker.submit(
+            build_contexts,
+            documents.documents(),
+            tokenizer,
+            context_length=context_length,
+            n_contexts=contexts_needed(tokens, context_length),
+            seed=seed,
+            corpus_name=corpus,
+        )
+        lm = load_lm(model, device=device, tokenizer=tokenizer)
+        return StreamSource(
+            lm, contexts.result(), corpus=documents, layer=layer, chunk_contexts=chunk_contexts
+        )
 
 
 class StreamSource:
@@ -150,24 +160,13 @@ class StreamSource:
     def __init__(
         self,
         lm: LanguageModel,
+        contexts: Contexts,
         *,
-        corpus: str,
+        corpus: Corpus,
         layer: int,
-        tokens: int,
-        context_length: int,
-        seed: int,
         chunk_contexts: int = CHUNK_CONTEXTS,
         forward_batch: int = 32,
     ) -> None:
-        source = open_corpus(corpus)
-        contexts = build_contexts(
-            source.documents(),
-            lm.tokenizer,
-            context_length=context_length,
-            n_contexts=contexts_needed(tokens, context_length),
-            seed=seed,
-            corpus_name=corpus,
-        )
         self.lm, self.layer, self.forward_batch = lm, layer, forward_batch
         self.per_chunk = chunk_contexts
         self.token_ids = contexts.token_ids
@@ -181,7 +180,7 @@ class StreamSource:
             model=lm.name,
             layer=layer,
             hook=hook_description(layer),
-            corpus=source.describe(),
+            corpus=corpus.describe(),
             activations="streamed from the model",
         )
         self._median: float | None = None
