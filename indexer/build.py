@@ -15,7 +15,7 @@ import math
 import platform
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,11 +31,11 @@ from indexer.accumulate import Accumulators
 from indexer.config import BuildConfig
 from indexer.encode import encode_chunk
 from indexer.finalize import assemble
+from indexer.index_file import BuildSummary, is_complete_index, is_index
 from indexer.shards import (
     Plan,
     plan,
     rank_shard_path,
-    read_mark,
     scores,
     shard_row,
     tokens_digest,
@@ -52,32 +52,6 @@ from sae.report.data import sae_report
 from sae.sinks import sink_limit
 
 DEFAULT_STREAM_TOKENS = 200_000
-
-
-@dataclass(frozen=True)
-class BuildSummary:
-    out: str
-    seconds: float
-    n_tokens: int
-    file_bytes: int
-    metrics: dict[str, Any]
-    what: str = "index"  # or "shard I/N (latents A to B)"
-
-    def lines(self) -> list[str]:
-        m = self.metrics
-        density = m["median_density"]
-        precision, recall = m["median_explanation_precision"], m["median_explanation_recall"]
-        return [
-            f"{self.what} {self.out}: {self.file_bytes / 2**20:.1f} MiB, {self.n_tokens:,} tokens "
-            f"in {self.seconds:.1f} s ({self.n_tokens / max(self.seconds, 1e-9):,.0f} tok/s)",
-            f"latents: {m['alive']:,} alive, {m['dead']:,} dead, {m['dense']:,} dense "
-            f"(of {m['n_latents']:,}); median density "
-            + ("-" if density is None else f"{density:.2e}"),
-            f"explanations: {m['explained']:,} latents; median held-out precision "
-            + ("-" if precision is None else f"{precision:.2f}")
-            + ", recall "
-            + ("-" if recall is None else f"{recall:.2f}"),
-        ]
 
 
 def build(cfg: BuildConfig, *, progress: bool = True) -> BuildSummary | None:
@@ -202,38 +176,6 @@ def _merge_ranks(out: Path, share: Plan, *, rank: int) -> BuildSummary | None:
     finally:
         for path in shards:
             path.unlink(missing_ok=True)
-
-
-DUCKDB_MAGIC = b"DUCK"  # bytes 8-11 of every DuckDB database file, after a checksum
-
-
-def is_index(path: Path) -> bool:
-    """Whether `path` is a Latent Atlas index: a DuckDB file with our `build` table.
-
-    The magic bytes come first, so no other file is ever opened as a database.
-    """
-    try:
-        with open(path, "rb") as handle:
-            if handle.read(12)[8:] != DUCKDB_MAGIC:
-                return False
-    except OSError:
-        return False
-    import duckdb
-
-    try:
-        with duckdb.connect(str(path), read_only=True) as connection:
-            found = connection.execute(
-                "SELECT count(*) FROM duckdb_columns() WHERE table_name = 'build' "
-                "AND column_name IN ('schema_version', 'sae_hash')"
-            ).fetchone()
-    except duckdb.Error:
-        return False  # damaged, or a storage version this DuckDB cannot read: not provably ours
-    return found is not None and found[0] == 2
-
-
-def is_complete_index(path: Path) -> bool:
-    """An index `indexer build` or `indexer merge` wrote, not a shard: what merging may replace."""
-    return is_index(path) and read_mark(path) is None
 
 
 def _sae_folders(sae: str) -> list[tuple[str, str | Path | None]]:

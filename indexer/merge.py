@@ -26,9 +26,9 @@ import numpy as np
 import pyarrow as pa
 
 from indexer import schema
-from indexer.build import DUCKDB_MAGIC, BuildSummary, is_complete_index, is_index
 from indexer.config import BuildConfig
 from indexer.finalize import summary_metrics
+from indexer.index_file import DUCKDB_MAGIC, BuildSummary, is_complete_index, is_index
 from indexer.shards import LatentSlice, ShardMark, read_mark, table_names
 from indexer.store import Rows, write_index
 from sae.errors import AtlasError

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 import indexer.cli
 import sae.cli
-from indexer.build import is_index
+from indexer.index_file import is_index
 from sae.errors import AtlasError
 from sae.outputs import check_not_inside, check_output_file, check_output_folder
 
