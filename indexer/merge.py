@@ -28,7 +28,7 @@ import pyarrow as pa
 from indexer import schema
 from indexer.config import BuildConfig
 from indexer.finalize import summary_metrics
-from indexer.index_file import DUCKDB_MAGIC, BuildSummary, is_complete_index, is_index
+from indexer.index_file import BuildSummary, is_complete_index, is_index
 from indexer.shards import LatentSlice, ShardMark, read_mark, table_names
 from indexer.store import Rows, write_index
 from sae.errors import AtlasError
@@ -94,7 +94,7 @@ def read_shard(path: Path) -> Shard:
     """The shard at `path`, with an error naming it when it is not one we can merge."""
     if not path.is_file():
         raise AtlasError(f"{path}: no such shard file")
-    if not _is_duckdb(path) or not is_index(path):
+    if not is_index(path):  # it checks the DuckDB magic bytes before opening
         raise AtlasError(f"{path} is not a shard of a Latent Atlas build")
     mark = read_mark(path)
     if mark is None:
@@ -296,11 +296,6 @@ def _build_row(first: Shard, out: Path, *, metrics: dict[str, Any], seconds: flo
 
 
 # --- DuckDB helpers ------------------------------------------------------------------------
-
-
-def _is_duckdb(path: Path) -> bool:
-    with open(path, "rb") as handle:
-        return handle.read(12)[8:] == DUCKDB_MAGIC
 
 
 def _column_names(connection: duckdb.DuckDBPyConnection, table: str) -> list[str]:

@@ -258,6 +258,12 @@ latent_pages = sa.Table(
     sa.Column("page", sa.LargeBinary, nullable=False),
 )
 
+# The tables of the connection's own database, by name: one query for the indexer and the app.
+TABLE_NAMES = (
+    "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
+    "ORDER BY table_name"
+)
+
 # Lookups the app makes on every latent page.
 INDEXES = [
     ("examples", "latent_id"),

@@ -129,11 +129,7 @@ def read_mark(path: Path) -> ShardMark | None:
 
 def table_names(connection: duckdb.DuckDBPyConnection) -> list[str]:
     """The tables of the connection's own database, by name."""
-    found = connection.execute(
-        "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
-        "ORDER BY table_name"
-    ).fetchall()
-    return [row[0] for row in found]
+    return [row[0] for row in connection.execute(schema.TABLE_NAMES).fetchall()]
 
 
 def not_servable(path: Path, mark: ShardMark) -> str:

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-TABLES = "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()"
+from indexer import schema as s
+
 SMALL_FILE = 64 * 2**20  # bytes: read whole before serving, in well under a second
 START_TABLES = ("build", "vocab", "density_histogram")  # read before serving, whatever the size
 
@@ -26,7 +27,7 @@ def _quoted(name: str) -> str:
 
 
 def table_names(connection: sa.Connection) -> list[str]:
-    return [row[0] for row in connection.exec_driver_sql(TABLES).all()]
+    return [row[0] for row in connection.exec_driver_sql(s.TABLE_NAMES).all()]
 
 
 def read_tables(connection: sa.Connection, tables: list[str]) -> None:
