@@ -30,7 +30,7 @@ from indexer import memory, schema
 from indexer.accumulate import Accumulators
 from indexer.config import BuildConfig
 from indexer.encode import encode_chunk
-from indexer.finalize import assemble
+from indexer.finalize import assemble, head_of
 from indexer.index_file import BuildSummary, is_complete_index, is_index
 from indexer.shards import (
     Plan,
@@ -127,7 +127,10 @@ def build(cfg: BuildConfig, *, progress: bool = True) -> BuildSummary | None:
         if pending_lm is not None:
             lm = pending_lm.result()
     assert lm is not None
-    tables, metrics = assemble(merged, sae=model, lm=lm, source=source, cfg=cfg)
+    head = head_of(lm)
+    del lm, pending_lm  # its weights go here (a stream's LM stays with the stream)
+    memory.release()
+    tables, metrics = assemble(merged, sae=model, head=head, source=source, cfg=cfg)
     seconds = time.perf_counter() - started
     tables["build"] = _build_row(
         cfg, model, source, merged, metrics=metrics, limit=limit, seconds=seconds

@@ -22,7 +22,7 @@ class Coactivation(NamedTuple):
     together: np.ndarray  # tokens where both fire
 
 
-PAIRS_PER_BLOCK = 1 << 22  # (owner, partner) pairs counted at once: ~100 MB of working arrays
+PAIRS_PER_BLOCK = 1 << 19  # (owner, partner) pairs counted at once: ~40 MB of working arrays
 LOW = (1 << 32) - 1
 
 

@@ -9,14 +9,13 @@ slice's share of `density_histogram` (the merge adds them up).
 from __future__ import annotations
 
 import itertools
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from indexer import schema, tables
+from indexer import memory, schema, tables
 from indexer.accumulate import Accumulators
 from indexer.coactivations import TokenTable, coactivations, token_tables
 from indexer.config import BuildConfig
@@ -31,48 +30,59 @@ from sae.codes import Fired
 from sae.model import SparseAutoencoder
 
 
-def unembedding(lm: LanguageModel) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The unembedding (V, d) and the final norm's gain (d,), when the model has one."""
+class Head(NamedTuple):
+    """What the index needs of the LM once the pass is done; taken so its weights can go."""
+
+    unembedding: torch.Tensor  # (V, d)
+    gain: torch.Tensor | None  # (d,) the final norm's elementwise gain, when it has one
+    texts: list[str]  # every token id's text
+    special: np.ndarray  # (V,) bool
+
+
+def head_of(lm: LanguageModel) -> Head:
+    """The LM's unembedding, final norm gain and vocabulary, copied off the model."""
     w_u = lm.model.get_output_embeddings().weight.detach()
     norm = getattr(getattr(lm.model, "model", None), "norm", None)
     gain = getattr(norm, "weight", None)
-    return w_u, (gain.detach() if isinstance(gain, torch.Tensor) else None)
+    texts, special = vocabulary(lm, vocab_size(lm))
+    return Head(
+        w_u.clone(),
+        gain.detach().clone() if isinstance(gain, torch.Tensor) else None,
+        texts,
+        special,
+    )
 
 
 def assemble(
     acc: Accumulators,
     *,
     sae: SparseAutoencoder,
-    lm: LanguageModel,
+    head: Head,
     source: ActivationSource,
     cfg: BuildConfig,
 ) -> tuple[dict[str, Rows], dict[str, Any]]:
-    """All tables but `build`, and the numbers the summary and the build row report."""
-    n, part = sae.cfg.n_latents, acc.latents
-    w_u, gain = unembedding(lm)
-    n_tokens = vocab_size(lm)
+    """All tables but `build`, and the numbers the summary and the build row report.
+
+    The steps run one after another, each handing its working memory back before the next
+    (`memory.release`): side by side their peaks added up, and on a machine of few cores it
+    was slower too, the GEMMs already using every core (bench/RESULTS.md).
+    """
+    n, part, texts = sae.cfg.n_latents, acc.latents, head.texts
     sample = acc.tokens.sample(held_out_fraction=cfg.held_out)
-    fires = sample.fires  # found here, once, before the threads read it
-    # Independent steps run side by side: the GEMMs use both cores, the counting mostly one.
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        vocab_job = pool.submit(vocabulary, lm, n_tokens)
-        coactivations_job = pool.submit(
-            coactivations, sample, n_latents=n, top=cfg.coactive, latents=part.ids
-        )
-        weights_job = pool.submit(_weight_tables, sae, w_u, gain, cfg, part)
-        latent_tokens, token_latents = token_tables(
-            _fires_of(fires, part),
-            sample.token_ids,
-            vocab_size=n_tokens,
-            top=cfg.top_tokens,
-        )
-        texts, special = vocab_job.result()
-        explained = _explained(_sample_of(sample, part), latents=part, vocab=texts, cfg=cfg)
-        coactivation = coactivations_job.result()
-        promoted, suppressed, near = weights_job.result()
+    fires = sample.fires  # found here, once, for every step that reads it
+    promoted, suppressed, near = _weight_tables(sae, head.unembedding, head.gain, cfg, part)
+    memory.release()
+    coactivation = coactivations(sample, n_latents=n, top=cfg.coactive, latents=part.ids)
+    memory.release()
+    latent_tokens, token_latents = token_tables(
+        _fires_of(fires, part), sample.token_ids, vocab_size=len(texts), top=cfg.top_tokens
+    )
+    memory.release()
+    explained = _explained(_sample_of(sample, part), latents=part, vocab=texts, cfg=cfg)
+    memory.release()
     examples, bands = _examples(acc, cfg=cfg)
     out = {
-        "vocab": _vocab(texts, special),
+        "vocab": _vocab(texts, head.special),
         "contexts": _contexts(source, np.unique(examples.context_ids)),
         "latents": _with_ids(
             tables.latents_table(

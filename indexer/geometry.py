@@ -11,7 +11,7 @@ from torch import Tensor
 
 from indexer.ranking import Ranked, concat
 
-CELLS = 1 << 26  # float32 products held at once (256 MB): the block of rows follows the width
+CELLS = 1 << 25  # float32 products held at once (128 MB): the block of rows follows the width
 
 
 def _flatten(first: int, values: Tensor, indices: Tensor) -> Ranked:
@@ -94,7 +94,7 @@ def decoder_neighbours(
             if rows:
                 best.offer(cosine, first_row=b, first_id=c)
             if columns and c != b:
-                best.offer(cosine.T, first_row=c, first_id=b)
+                best.offer(cosine.T.contiguous(), first_row=c, first_id=b)  # rows: fast top-k
     return best.ranked()
 
 
@@ -115,20 +115,19 @@ class _Best:
         """Candidates `values` (r, c): rows are latents first_row.., columns ids first_id..."""
         lo, hi = max(first_row, self.wanted.start), min(first_row + len(values), self.wanted.stop)
         values = values[lo - first_row : hi - first_row]
-        chosen = values.topk(min(self.top, values.shape[1]), dim=1)
-        ids = chosen.indices + first_id
-        keys = _key(chosen.values, ids)
-        # Rows with more candidates equal to their last chosen value than were chosen: the
-        # float top-k picked among ties arbitrarily, so rank those rows by key (rare).
-        last = chosen.values[:, -1:]
-        tied = (values == last).sum(dim=1) > (chosen.values == last).sum(dim=1)
-        if tied.any():
-            every = torch.arange(values.shape[1], device=values.device) + first_id
-            keys[tied] = (
-                _key(values[tied], every.expand(int(tied.sum()), -1))
-                .topk(keys.shape[1], dim=1)
-                .values
-            )
+        top = min(self.top, values.shape[1])
+        # One more than wanted: where it equals the last wanted, the float top-k chose among
+        # ties arbitrarily, so those rows are ranked by key over all their candidates (rare).
+        chosen = values.topk(min(top + 1, values.shape[1]), dim=1)
+        kept, kept_ids = chosen.values[:, :top], chosen.indices[:, :top] + first_id
+        keys = _key(kept, kept_ids)
+        if 0 < top < chosen.values.shape[1]:
+            tied = chosen.values[:, top] == chosen.values[:, top - 1]
+            if tied.any():
+                every = torch.arange(values.shape[1], device=values.device) + first_id
+                keys[tied] = (
+                    _key(values[tied], every.expand(int(tied.sum()), -1)).topk(top, dim=1).values
+                )
         mine = slice(lo - self.wanted.start, hi - self.wanted.start)
         self.keys[mine] = torch.cat([self.keys[mine], keys], dim=1).topk(self.top, dim=1).values
 

@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from indexer import schema as s
 
-BLOCK = 16_384  # latents whose pages are made and written at a time
+BLOCK = 4096  # latents whose pages are made and written at a time
 
 # Each list of the page: its table, the values of one entry (in the order the JSON arrays hold
 # them), the order of the entries, and a filter. `o.explanation` is the listed latent's own.

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from indexer import pages, schema
 
+DUCKDB_MEMORY = "1GB"  # the writing connection's buffer manager
 Rows: TypeAlias = (
     pa.Table | pa.RecordBatchReader
 )  # a table's rows, whole or streamed a batch at a time
@@ -67,6 +68,9 @@ def _write(path: Path, tables: dict[str, Rows]) -> None:
         raw = engine.raw_connection()
         try:
             connection: Any = raw.driver_connection
+            # DuckDB's own cache would grow to most of the RAM while the pages are made; a
+            # bounded one spills what it must to a temporary file beside the index instead.
+            connection.execute(f"SET memory_limit = '{DUCKDB_MEMORY}'")
             for name, table in tables.items():
                 _insert(connection, name, table)
             if schema.shard.name not in tables:  # a merge makes the pages of all latents

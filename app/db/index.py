@@ -19,7 +19,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, overload
+from typing import Any
 
 import duckdb
 import sqlalchemy as sa
@@ -36,7 +36,7 @@ from app.db.page import page_lists
 from app.db.per_table import table_lists
 from app.db.rows import SORT_COLUMNS, latent_filters, summary
 from app.errors import STORAGE_ERRORS, AtlasAppError, damaged_index
-from app.filters import escaped_token
+from app.filters import EscapedTokens
 from indexer import schema as s
 from indexer.shards import ShardMark, not_servable
 from sae.report.results import current_metric_keys
@@ -93,30 +93,6 @@ def open_engine(path: Path) -> tuple[sa.Engine, list[str]]:
         raise damaged_index(path, exc) from None
     engine.dispose()  # frees the blocks the check left in DuckDB's cache; reopens on use
     return engine, later
-
-
-class EscapedTokens(Sequence[str]):
-    """The vocabulary as pages show it, escaped: each token when first shown, then kept (a
-    page holds thousands of tokens; escaping all 49,152 up front cost the first page ~1.3 s)."""
-
-    def __init__(self, texts: list[str]) -> None:
-        self.texts = texts
-        self.done: dict[int, str] = {}
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    @overload
-    def __getitem__(self, index: int) -> str: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[str]: ...
-    def __getitem__(self, index: int | slice) -> str | list[str]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        found = self.done.get(index)
-        if found is None:  # two threads may both escape a token: the same text either way
-            found = self.done[index] = escaped_token(self.texts[index])
-        return found
 
 
 class IndexDB:

@@ -10,7 +10,7 @@ from typing import Any, Literal, NamedTuple, get_args
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
-from torch import Tensor
+from torch import Tensor, nn
 
 from sae.config import SaeConfig
 from sae.errors import AtlasError
@@ -116,12 +116,19 @@ def bool_field(values: dict[str, Any], name: str, path: Path, *, default: bool) 
 def build(cfg: SaeConfig, weights: Weights, *, device: str | torch.device) -> SparseAutoencoder:
     """Our module holding `weights` (already checked and folded)."""
     try:
-        sae = SparseAutoencoder(cfg, device=device)
+        sae = SparseAutoencoder(cfg, device="meta")  # no memory, no random init: replaced here
     except ValueError as exc:
         raise AtlasError(str(exc)) from None
-    with torch.no_grad():
-        for name, value in weights._asdict().items():
-            getattr(sae, name).copy_(value)
+    taken: set[int] = set()
+    for name, value in weights._asdict().items():
+        # the loaded tensor itself where it is already float32 on `device`: one copy of the
+        # weights in memory, not three (file, module, random init), at any width; a tensor a
+        # reader gave for two parameters is copied, so that they never share memory
+        tensor = value.to(device=device, dtype=torch.float32).contiguous()
+        if tensor.untyped_storage().data_ptr() in taken:
+            tensor = tensor.clone()
+        taken.add(tensor.untyped_storage().data_ptr())
+        setattr(sae, name, nn.Parameter(tensor))
     return sae
 
 
