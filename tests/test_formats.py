@@ -668,3 +668,21 @@ def test_convert_command_exports_saelens_and_reads_it_back(
     )
     assert main(["convert", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_loaded_parameters_are_the_file_s_tensors_and_never_shared(tmp_path: Path) -> None:
+    """A loaded SAE holds one copy of its weights (no random init beside them), and a reader's
+    tensor given for two parameters becomes two: training one never moves the other."""
+    from sae.formats.common import Weights, build
+
+    sae = trained_like_sae("scale")
+    w = sae.W_enc.detach().clone()
+    weights = Weights(W_enc=w, b_enc=sae.b_enc.detach().clone(), W_dec=w, b_pre=sae.b_pre.detach())
+    built = build(sae.cfg, weights, device="cpu")
+    assert built.W_enc.data_ptr() == w.data_ptr()  # float32 on the device already: not copied
+    assert built.W_dec.data_ptr() != built.W_enc.data_ptr()
+    assert torch.equal(built.W_dec, w) and built.W_dec.requires_grad
+    with torch.no_grad():
+        built.W_enc.add_(1.0)
+    assert torch.equal(built.W_dec, sae.W_enc.detach())
+    assert all(p.device.type == "cpu" and p.is_contiguous() for p in built.parameters())
