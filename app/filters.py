@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from itertools import compress
 from operator import itemgetter
 from typing import Any, overload
 
@@ -98,14 +99,30 @@ def highlight(example: Example, *, vocab_html: EscapedTokens, maximum: float | N
     activation and titled with the value; the others are plain text. Built here rather than in
     a template loop because a latent page holds thousands of tokens."""
     parts = vocab_html.of(example.token_ids)
-    for i, activation in enumerate(example.activations):
-        if activation > 0:  # a few per context: only these become spans
+    activations = example.activations
+    for i in compress(range(len(activations)), activations):  # the few not 0, found in C
+        activation = activations[i]
+        if activation > 0:  # only these become spans
             text, peak = parts[i], " peak" if i == example.position else ""
             parts[i] = (
                 f'<span class="tok {shade(activation, maximum)}{peak}" '
                 f'title="{text}: {activation:.4g}">{text}</span>'
             )
     return Markup("".join(parts))
+
+
+def example_item(example: Example, *, vocab_html: EscapedTokens, maximum: float | None) -> Markup:
+    """One example of a latent page's lists, as its `<li>`: its activation, its highlighted
+    context and its document. Markup made here, as `highlight`: a page shows 70 of them, and
+    the same in a template cost ~6 escapes and a macro's context each."""
+    doc, context = escape(example.doc_id), int(example.context_id)
+    text = highlight(example, vocab_html=vocab_html, maximum=maximum)
+    return Markup(
+        f'<li class="example" data-context="{context}">'
+        f'<span class="example-meta">{escape(number(example.activation))}</span> '
+        f'<span class="context">{text}</span> '
+        f'<span class="doc" title="document {doc}, context {context}">{doc}</span></li>'
+    )
 
 
 # The words the overview shows for the keys of the index's metrics, the SAE's eval.json, its
@@ -183,5 +200,6 @@ FILTERS = {
     "shade": shade,
     "token": token,
     "highlight": highlight,
+    "example_item": example_item,
     "label": label,
 }

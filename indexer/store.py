@@ -7,6 +7,7 @@ output) and never touches the index already at `out`, which the app may be servi
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -31,7 +32,15 @@ def remove_stale(out: Path) -> None:
         pid = stale.name.rsplit("-", 1)[-1].split(".")[0]
         if pid.isdigit() and _alive(int(pid)) and int(pid) != os.getpid():
             continue  # another build of the same file is running right now
-        stale.unlink(missing_ok=True)
+        _remove(stale)
+
+
+def _remove(path: Path) -> None:
+    """A temporary file of a build, or the folder DuckDB spills into beside it."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:
@@ -53,8 +62,8 @@ def write_index(out: Path, tables: dict[str, Rows]) -> None:
     try:
         _write(tmp, tables)
     except BaseException:  # interrupted: nothing half-written stays behind
-        tmp.unlink(missing_ok=True)
-        tmp.with_name(tmp.name + ".wal").unlink(missing_ok=True)
+        for leftover in (tmp, tmp.with_name(tmp.name + ".wal"), tmp.with_name(tmp.name + ".tmp")):
+            _remove(leftover)
         raise
     os.replace(tmp, out)
 

@@ -74,8 +74,11 @@ def test_interrupted_build_keeps_the_previous_index_and_a_rerun_completes(
 
     stale = tmp_path / ".index.duckdb.building-99999999"  # what a `kill -9` leaves behind
     stale.write_bytes(b"half an index")
+    spilled = tmp_path / ".index.duckdb.building-99999998.tmp"  # DuckDB's spill folder of one
+    spilled.mkdir()
+    (spilled / "duckdb_temp_storage-0.tmp").write_bytes(b"spilled pages")
     build(config(tiny_sae, tiny_cache, out), progress=False)
-    assert not stale.exists()
+    assert not stale.exists() and not spilled.exists()
     clean = tmp_path / "clean.duckdb"
     build(config(tiny_sae, tiny_cache, clean), progress=False)
     assert_same_index(out, clean)
