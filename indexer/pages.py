@@ -26,6 +26,7 @@ import pyarrow as pa
 from indexer import schema as s
 
 BLOCK = 4096  # latents whose pages are made and written at a time
+LEVEL = 3  # zlib's compression level
 
 # Each list of the page: its table, the values of one entry (in the order the JSON arrays hold
 # them), the order of the entries, and a filter. `o.explanation` is the listed latent's own.
@@ -116,8 +117,10 @@ def block_sql(first: int, last: int) -> str:
 def compressed(pages: pa.Array | pa.ChunkedArray) -> pa.Array:
     """Each page's JSON text zlib-compressed on its own: DuckDB compresses a column of long
     strings with zstd a vector (2,048 rows) at a time, so reading one row would decompress
-    2,048 pages (tens of ms); the compressed bytes it stores as they are."""
-    return pa.array([zlib.compress(page.encode()) for page in pages.to_pylist()], pa.binary())
+    2,048 pages (tens of ms); the compressed bytes it stores as they are. Level 3: half the
+    time of the default 6 per page at the build, for pages ~5% larger."""
+    packed = [zlib.compress(page.encode(), LEVEL) for page in pages.to_pylist()]
+    return pa.array(packed, pa.binary())
 
 
 def page_blocks(connection: Any) -> Iterator[pa.Table]:
