@@ -60,9 +60,11 @@ class EscapedTokens(Sequence[str]):
     """The vocabulary as pages show it, escaped: each token when first shown, then kept (a
     page holds thousands of tokens; escaping all 49,152 up front cost the first page ~1.3 s)."""
 
-    def __init__(self, texts: list[str]) -> None:
+    def __init__(self, texts: list[str], *, contexts: int = 8192) -> None:
         self.texts = texts
         self._escaped: list[str | None] = [None] * len(texts)
+        self._contexts: dict[int, list[str]] = {}  # context id -> its tokens, escaped
+        self._kept = contexts
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -93,12 +95,22 @@ class EscapedTokens(Sequence[str]):
                     parts[i] = escaped[t] = escaped_token(self.texts[t])
         return parts  # type: ignore[return-value]  # no None is left
 
+    def context(self, context_id: int, ids: Sequence[int]) -> list[str]:
+        """`of(ids)` for the tokens of context `context_id` (a new list each call), kept for the
+        last contexts shown: a context comes back on the page of every latent firing in it."""
+        kept = self._contexts.get(context_id)
+        if kept is None or len(kept) != len(ids):
+            kept = self._contexts[context_id] = self.of(ids)
+            if len(self._contexts) > self._kept:  # the oldest goes (threads: any one of them)
+                self._contexts.pop(next(iter(self._contexts)), None)
+        return list(kept)
+
 
 def highlight(example: Example, *, vocab_html: EscapedTokens, maximum: float | None) -> Markup:
     """An example's context as markup: each token where the latent fires is tinted by its
     activation and titled with the value; the others are plain text. Built here rather than in
     a template loop because a latent page holds thousands of tokens."""
-    parts = vocab_html.of(example.token_ids)
+    parts = vocab_html.context(example.context_id, example.token_ids)
     activations = example.activations
     for i in compress(range(len(activations)), activations):  # the few not 0, found in C
         activation = activations[i]

@@ -48,3 +48,16 @@ def test_a_highlighted_context_is_the_text_with_one_span_per_firing_token() -> N
     assert spans[0]["title"] == f"{TEXTS[1]}: 2"
     assert html.get_text() == "plain" + TEXTS[1] + TEXTS[2] + "⏎"
     assert html.select("script") == []
+
+
+def test_a_context_s_tokens_are_kept_for_the_next_page_and_never_changed_by_one() -> None:
+    vocab = EscapedTokens(TEXTS, contexts=2)
+    first = vocab.context(7, [1, 0])
+    assert first == vocab.of([1, 0])
+    first[0] = "<span>changed by a page</span>"  # highlight replaces the tokens that fire
+    assert vocab.context(7, [1, 0]) == vocab.of([1, 0])
+    vocab.context(8, [2]), vocab.context(9, [3])
+    assert list(vocab._contexts) == [8, 9]  # at most `contexts` kept, the oldest gone first
+    html = highlight(example([0, 1], [1.0, 0.0], 0), vocab_html=vocab, maximum=1.0)
+    assert str(html).startswith('<span class="tok act-10 peak" title="plain: 1">plain</span>')
+    assert vocab.context(7, [0, 1]) == ["plain", vocab.of([1])[0]]  # the page left it as it was
