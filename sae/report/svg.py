@@ -137,7 +137,10 @@ def _axis(
 
 
 def _attr(value: float | str) -> str:
-    return f"{value:.1f}" if isinstance(value, float) else str(value)  # floats are pixels
+    """An attribute's value as written: floats are pixels; a number's digits need no escaping."""
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return str(value) if isinstance(value, int) else escape(str(value))
 
 
 def _el(
@@ -148,7 +151,7 @@ def _el(
     `children` is markup already built by these functions, placed inside after the text.
     """
     pairs = "".join(
-        f' {key.rstrip("_").replace("_", "-")}="{escape(_attr(v))}"'
+        f' {key.rstrip("_").replace("_", "-")}="{_attr(v)}"'
         for key, v in attrs.items()
         if v is not None
     )
