@@ -50,6 +50,7 @@ STAGES = [
     ("indexer.build", "_open_source", "open the stream (all of the above)"),
     ("indexer.build", "_sink_limit", "sink limit"),
     ("indexer.build", "_read_all", "THE PASS"),
+    ("indexer.build", "head_of", "the LM's head (unembedding, vocabulary)"),
     ("indexer.finalize", "vocabulary", "  vocabulary texts"),
     ("indexer.finalize", "coactivations", "  co-activation"),
     ("indexer.finalize", "_weight_tables", "  logit effects + neighbours"),
