@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from indexer import schema as s
 
-BLOCK = 4096  # latents whose pages are made and written at a time
+BLOCK = 1024  # latents whose pages are made and written at a time (DuckDB: ~0.3 GB)
 LEVEL = 3  # zlib's compression level
 
 # Each list of the page: its table, the values of one entry (in the order the JSON arrays hold
