@@ -211,7 +211,6 @@ FILTERS = {
     "density": density,
     "shade": shade,
     "token": token,
-    "highlight": highlight,
     "example_item": example_item,
     "label": label,
 }

@@ -14,7 +14,7 @@ import torch
 
 from indexer.ranking import Ranked, concat, grid_is_small, rank_in_runs
 from sae.codes import Fired, is_firing
-from sae.explain import TokenSample
+from sae.explain import TokenSample, count_distinct
 
 
 class Coactivation(NamedTuple):
@@ -124,10 +124,8 @@ class Pairs(NamedTuple):
 
     def from_sorted(self, cells: torch.Tensor, *, top: int) -> tuple[Ranked, np.ndarray]:
         n = self.n_latents
-        ordered = np.sort(cells.numpy())  # numpy's unstable sort: the fastest here
-        starts = np.flatnonzero(np.r_[len(ordered) > 0, ordered[1:] != ordered[:-1]])
-        distinct = torch.from_numpy(ordered[starts])  # ascending: owner-major, then id order
-        count = torch.from_numpy(np.diff(np.r_[starts, len(ordered)]))
+        # ascending: owner-major, then id order
+        distinct, count = map(torch.from_numpy, count_distinct(cells.numpy()))
         row, other = distinct // (n + 1), distinct % (n + 1)
         owner = row + self.first
         jaccard = count / (self.fires[owner] + self.fires[other] - count)  # float32, > 0
@@ -161,9 +159,7 @@ def token_tables(
     the fires of codes (S, T-1, k) of the contexts `token_ids` (S, T)."""
     token_id = token_ids[:, 1:].reshape(-1)[fires.token].astype(np.int64)  # (F,) vocabulary ids
     pair = fires.latent * vocab_size + token_id
-    ordered = np.sort(pair)  # np.unique's inverse costs a slower argsort: search instead
-    starts = np.flatnonzero(np.r_[len(ordered) > 0, ordered[1:] != ordered[:-1]])
-    unique, count = ordered[starts], np.diff(np.r_[starts, len(ordered)])
+    unique, count = count_distinct(pair)  # np.unique's inverse costs a slower argsort: search
     inverse = np.searchsorted(unique, pair)
     mean = np.bincount(inverse, weights=fires.activation, minlength=len(unique)) / count
     latent, token = unique // vocab_size, unique % vocab_size

@@ -40,17 +40,13 @@ class Head(NamedTuple):
 
 
 def head_of(lm: LanguageModel) -> Head:
-    """The LM's unembedding, final norm gain and vocabulary, copied off the model."""
+    """The LM's unembedding, final norm gain and vocabulary: detached tensors, which keep only
+    their own storage alive once the model goes (no copy of the unembedding)."""
     w_u = lm.model.get_output_embeddings().weight.detach()
     norm = getattr(getattr(lm.model, "model", None), "norm", None)
     gain = getattr(norm, "weight", None)
     texts, special = vocabulary(lm, vocab_size(lm))
-    return Head(
-        w_u.clone(),
-        gain.detach().clone() if isinstance(gain, torch.Tensor) else None,
-        texts,
-        special,
-    )
+    return Head(w_u, gain.detach() if isinstance(gain, torch.Tensor) else None, texts, special)
 
 
 def assemble(

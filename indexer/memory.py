@@ -15,11 +15,14 @@ import ctypes.util
 import os
 from dataclasses import dataclass
 
+from indexer.encode import ENCODE_CELLS
+from indexer.geometry import CELLS
 from sae.errors import AtlasError
 
 GIB = 2**30
 DEFAULT_SHARE = 0.5  # of the machine's RAM, when no budget is given
-WORKING_BLOCKS = 3 * (1 << 26) * 4  # encoder pre-activations, a finalisation block, a copy
+# encoder pre-activations and their top-k's copy, a block of logit effects (float32)
+WORKING_BLOCKS = 4 * (2 * ENCODE_CELLS + CELLS)
 HISTOGRAM_BINS = 160  # log-spaced bins per latent (see accumulate.py)
 
 

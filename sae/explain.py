@@ -199,7 +199,7 @@ def ngram_table(token_ids: np.ndarray, *, max_n: int, bits: int) -> NgramTable:
     keys = _packed_ngrams(token_ids, max_n=max_n, bits=bits)  # (S, T-1, max_n)
     keys = keys.reshape(-1, max_n)  # (S*(T-1), max_n)
     present = keys > 0  # 0 = the n-gram would reach before position 0
-    unique_keys, _ = _count_sorted(keys[present])  # (G,)
+    unique_keys, _ = count_distinct(keys[present])  # (G,)
     ids = np.full(keys.shape, -1, dtype=np.int64)  # (S*(T-1), max_n)
     ids[present] = np.searchsorted(unique_keys, keys[present])
     return NgramTable(unique_keys, _ngram_lengths(unique_keys, bits=bits), ids, bits)
@@ -252,7 +252,7 @@ def _pair_keys(table: NgramTable, fires: Fired) -> np.ndarray:
     return pairs[ids >= 0]
 
 
-def _count_sorted(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def count_distinct(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """np.unique(keys, return_counts=True), but with the fast default sort."""
     keys = np.sort(keys)
     starts = np.flatnonzero(np.r_[len(keys) > 0, keys[1:] != keys[:-1]])
@@ -266,7 +266,7 @@ def _candidates(
     frequent = mining_matches >= min_matches  # (G,)
     pairs = _pair_keys(table, mining_fires)
     # sorted pair keys (latent * G + n-gram id) group the candidates by latent
-    pairs, hits = _count_sorted(pairs[frequent[pairs % len(table.keys)]])  # (C,), (C,)
+    pairs, hits = count_distinct(pairs[frequent[pairs % len(table.keys)]])  # (C,), (C,)
     ngrams = pairs % len(table.keys)
     return Candidates(pairs // len(table.keys), ngrams, hits, mining_matches[ngrams])
 
