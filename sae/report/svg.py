@@ -9,6 +9,7 @@ to have none.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from html import escape
@@ -143,6 +144,11 @@ def _attr(value: float | str) -> str:
     return str(value) if isinstance(value, int) else escape(str(value))
 
 
+@functools.cache
+def _attr_name(key: str) -> str:
+    return key.rstrip("_").replace("_", "-")
+
+
 def _el(
     name: str, text: str | None = None, *, children: str | None = None, **attrs: float | str | None
 ) -> str:
@@ -151,9 +157,7 @@ def _el(
     `children` is markup already built by these functions, placed inside after the text.
     """
     pairs = "".join(
-        f' {key.rstrip("_").replace("_", "-")}="{_attr(v)}"'
-        for key, v in attrs.items()
-        if v is not None
+        [f' {_attr_name(key)}="{_attr(v)}"' for key, v in attrs.items() if v is not None]
     )
     if text is None and not children:
         return f"<{name}{pairs}/>"
