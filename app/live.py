@@ -117,7 +117,7 @@ class LiveEncoder:
     def _codes(
         self, loaded: _Loaded, ids: list[int]
     ) -> tuple[torch.Tensor, torch.Tensor, list[str | None]]:
-        from sae.activations.lm import residual_stream
+        from sae.activations.hookpoints import residual_stream
 
         input_ids = torch.tensor([ids], dtype=torch.long)  # (1, T)
         with torch.inference_mode():

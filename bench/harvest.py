@@ -23,7 +23,8 @@ import torch
 from sae.activations.contexts import build_contexts, contexts_needed
 from sae.activations.corpus import open_corpus
 from sae.activations.harvest import HarvestConfig, harvest
-from sae.activations.lm import LanguageModel, load_lm, residual_stream
+from sae.activations.hookpoints import residual_stream
+from sae.activations.lm import LanguageModel, load_lm
 
 
 def bare_forward(lm: LanguageModel, token_ids: torch.Tensor, layer: int, batch: int) -> float:

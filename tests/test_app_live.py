@@ -32,7 +32,8 @@ def test_live_codes_match_the_sae_on_the_same_tokens(app_client: Any) -> None:
     import torch
 
     import sae
-    from sae.activations.lm import load_lm, residual_stream
+    from sae.activations.hookpoints import residual_stream
+    from sae.activations.lm import load_lm
 
     build = app_client.get("/api/build").json()
     lm = load_lm(build["model"])

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from sae.activations.hookpoints import residual_stream
 from sae.activations.lm import (
     LanguageModel,
     check_layer,
@@ -14,7 +15,6 @@ from sae.activations.lm import (
     load_lm,
     load_tokenizer,
     next_token_loss,
-    residual_stream,
     vocabulary,
 )
 from sae.errors import AtlasError

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from sae.activations.cache import ActivationCache
-from sae.activations.lm import load_lm, residual_stream
+from sae.activations.hookpoints import residual_stream
+from sae.activations.lm import load_lm
 from sae.config import SaeConfig
 from sae.evaluation.quality import (
     Codes,

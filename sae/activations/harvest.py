@@ -22,13 +22,12 @@ from tqdm import tqdm
 from sae.activations import cache
 from sae.activations.contexts import Contexts, build_contexts, contexts_needed
 from sae.activations.corpus import open_corpus
+from sae.activations.hookpoints import hook_description, residual_stream
 from sae.activations.lm import (
     LanguageModel,
     check_layer,
-    hook_description,
     load_config,
     load_lm,
-    residual_stream,
 )
 from sae.config import check_field_types
 from sae.errors import AtlasError

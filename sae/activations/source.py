@@ -22,14 +22,13 @@ import torch
 from sae.activations.cache import ActivationCache
 from sae.activations.contexts import Contexts, build_contexts, contexts_needed
 from sae.activations.corpus import Corpus, open_corpus
+from sae.activations.hookpoints import hook_description, residual_stream
 from sae.activations.lm import (
     LanguageModel,
     check_layer,
-    hook_description,
     load_config,
     load_lm,
     load_tokenizer,
-    residual_stream,
 )
 from sae.sinks import after_position_0
 

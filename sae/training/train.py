@@ -24,7 +24,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from sae.activations.cache import STORAGE_DTYPES, ActivationCache
-from sae.activations.lm import hook_description
+from sae.activations.hookpoints import hook_description
 from sae.activations.source import open_stream
 from sae.codes import is_firing
 from sae.config import Activation, Normalize, SaeConfig, check_field_types
