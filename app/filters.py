@@ -164,6 +164,7 @@ LABELS = {
     "dead": "Dead latents",
     "dense": "Dense latents",
     "median_density": "Median density of alive latents",
+    "mean_l0": "Mean L0 (latents firing per token)",
     "median_explanation_precision": "Median explanation precision",
     "median_explanation_recall": "Median explanation recall",
     "token_sample_contexts": "Contexts in the token sample",

@@ -27,6 +27,7 @@ from indexer.fires import Chunk, ContextPairs
 from indexer.hashing import held_out, in_token_sample, pair_hash
 from indexer.reservoir import Reservoir
 from indexer.shards import LatentSlice
+from sae.codes import widened
 from sae.explain import TokenSample
 
 HIST_LOG10_MIN, HIST_LOG10_MAX, HIST_PER_DECADE = -4.0, 4.0, 20
@@ -128,8 +129,8 @@ class TokenSampler:
         order = np.argsort(ids, kind="stable")
         return TokenSample(
             token_ids=np.concatenate(self.token_ids)[order],
-            indices=np.concatenate(self.indices)[order],
-            activations=np.concatenate(self.activations)[order],
+            indices=np.concatenate(widened(self.indices))[order],  # chunks' widths may differ
+            activations=np.concatenate(widened(self.activations))[order],
             held_out=held_out(ids[order], held_out_fraction),
         )
 

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from indexer.accumulate import Chunk
+from sae.codes import joined
 from sae.model import SparseAutoencoder
 from sae.sinks import is_sink
 
@@ -35,23 +36,23 @@ def encode_chunk(
     excluded_ids: np.ndarray,
     batch_tokens: int,
 ) -> EncodedChunk:
-    """Activations (C, T-1, d) of contexts `token_ids` (C, T) → their top-k codes.
+    """Activations (C, T-1, d) of contexts `token_ids` (C, T) → their codes (C, T-1, k): top-k,
+    or for an SAE without a fixed k as many slots as the chunk's busiest token fires.
 
     Tokens the harvest excluded and attention sinks (norm above `sink_limit`, which the SAE was
     not trained on) get no code: every activation 0.
     """
     n_ctx, positions, d = activations.shape
     x = activations.reshape(-1, d)  # (M, d)
-    top_acts = torch.empty(len(x), sae.cfg.k)  # (M, k)
-    top_indices = torch.empty(len(x), sae.cfg.k, dtype=torch.long)
-    sink = torch.empty(len(x), dtype=torch.bool)
+    parts, sinks = [], []
     batch_tokens = min(batch_tokens, max(1, ENCODE_CELLS // sae.cfg.n_latents))
     for start in range(0, len(x), batch_tokens):
         batch = x[start : start + batch_tokens].to(sae.device, torch.float32)  # (b, d)
-        acts, indices = sae.encode(batch)
-        top_acts[start : start + len(batch)] = acts.cpu()
-        top_indices[start : start + len(batch)] = indices.cpu()
-        sink[start : start + len(batch)] = is_sink(batch, sink_limit).cpu()
+        acts, indices = sae.encode(batch)  # (b, k); without a fixed k, as wide as it needs
+        parts.append((acts.cpu(), indices.cpu()))
+        sinks.append(is_sink(batch, sink_limit).cpu())
+    top_acts, top_indices = joined(parts)  # (M, k)
+    sink = torch.cat(sinks)  # (M,)
     valid = ~torch.from_numpy(np.isin(token_ids[:, 1:], excluded_ids)).reshape(-1)  # (M,)
     top_acts[~valid | sink] = 0.0
     chunk = Chunk(

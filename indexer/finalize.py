@@ -314,6 +314,7 @@ def summary_metrics(
         "dead": int(dead.sum()),
         "dense": int(dense.sum()),
         "median_density": median(density[alive]),
+        "mean_l0": float(density.sum()),  # latents firing per token: a variable-L0 SAE's k
         "median_explanation_precision": median(precision),
         "median_explanation_recall": median(recall),
         "token_sample_contexts": n_sample_contexts,

@@ -4,16 +4,20 @@ An SAE's code of a token is a pair (activations, indices), each (..., k): the k 
 and the latents in them (`SparseAutoencoder.encode`). A latent *fires* at a token when its
 activation there is > 0; a slot with activation 0 is silent (a TopK SAE can pick a latent
 whose pre-activation is not positive, and the index zeroes the codes of tokens it skips).
+
+An SAE without a fixed k (ReLU, JumpReLU: the number of active latents changes per token) gives
+codes as wide as the busiest token of the batch, the other tokens' spare slots silent
+(`narrowed`); batches of different widths are joined by padding with silent slots (`joined`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple, overload
+from collections.abc import Sequence
+from typing import NamedTuple, overload
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from torch import Tensor
+import torch
+from torch import Tensor
 
 
 class Fired(NamedTuple):
@@ -40,3 +44,35 @@ def fired(activations: np.ndarray, indices: np.ndarray) -> Fired:
     token, slot = np.nonzero(is_firing(acts))  # (F,), (F,)
     latent = indices.reshape(-1, k)[token, slot].astype(np.int64)
     return Fired(token.astype(np.int64), latent, acts[token, slot])
+
+
+def narrowed(activations: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
+    """Codes (..., m) cut to as many slots as the busiest token fires (at least one), every
+    firing slot kept: dense codes of an SAE without a fixed k become sparse ones."""
+    busiest = int(is_firing(activations).sum(-1).max()) if activations.numel() else 0
+    width = max(busiest, 1)
+    if width >= activations.shape[-1]:
+        return activations, indices
+    values, order = activations.topk(width, dim=-1)  # the firing slots, then silent ones
+    return values, indices.gather(-1, order)
+
+
+def joined(parts: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    """Codes of consecutive batches (b_i, k_i) as one (sum b_i, max k_i): narrower batches
+    padded with silent slots (activation 0, latent 0)."""
+    width = max(acts.shape[-1] for acts, _ in parts)
+    activations = [torch.nn.functional.pad(acts, (0, width - acts.shape[-1])) for acts, _ in parts]
+    indices = [torch.nn.functional.pad(idx, (0, width - idx.shape[-1])) for _, idx in parts]
+    return torch.cat(activations), torch.cat(indices)
+
+
+def widened(parts: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Codes arrays (..., k_i), each padded with silent slots (0) to the widest k_i, so that
+    they concatenate."""
+    width = max(part.shape[-1] for part in parts)
+    return [
+        np.pad(part, [(0, 0)] * (part.ndim - 1) + [(0, width - part.shape[-1])])
+        if part.shape[-1] < width
+        else part
+        for part in parts
+    ]

@@ -11,7 +11,8 @@ from typing import Any, Literal
 from sae import sinks
 
 Normalize = Literal["none", "scale", "layer_norm"]
-Activation = Literal["topk", "relu"]
+Activation = Literal["topk", "relu", "jumprelu"]
+VARIABLE_L0: tuple[Activation, ...] = ("relu", "jumprelu")  # no fixed k: every latent may fire
 
 
 @dataclass
@@ -25,7 +26,8 @@ class SaeConfig:
         default="topk",
         metadata={
             "help": "'topk' keeps the k largest pre-activations (the paper's SAE); 'relu' keeps "
-            "every positive one (the ReLU + L1 baseline), so k = n_latents"
+            "every positive one (the ReLU + L1 baseline), 'jumprelu' every one above its "
+            "latent's threshold (Gemma Scope, SAELens); these two have no fixed k: k = n_latents"
         },
     )
     normalize: Normalize = field(
@@ -71,11 +73,11 @@ class SaeConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.k > self.n_latents:
             raise ValueError(f"k ({self.k}) must not exceed n_latents ({self.n_latents})")
-        if self.activation not in ("topk", "relu"):
-            raise ValueError(f"activation must be topk or relu, got {self.activation!r}")
-        if self.activation == "relu" and self.k != self.n_latents:
+        if self.activation not in ("topk", *VARIABLE_L0):
+            raise ValueError(f"activation must be topk, relu or jumprelu, got {self.activation!r}")
+        if self.activation in VARIABLE_L0 and self.k != self.n_latents:
             raise ValueError(
-                f"a relu SAE keeps every positive latent: k must equal n_latents "
+                f"a {self.activation} SAE has no fixed k: k must equal n_latents "
                 f"({self.n_latents}), got {self.k}"
             )
         if self.normalize not in ("none", "scale", "layer_norm"):

@@ -4,9 +4,12 @@
 
 on normalised inputs (see `SaeConfig.normalize`), undone on decode. With `activation="relu"` it
 is the paper's baseline instead, z = ReLU(W_enc (x - b_pre) + b_enc) with every positive latent
-kept, trained with an L1 penalty (`ForwardOutput.l1`); its codes are dense (k = n). W_enc and
-W_dec are both stored (n, d), so a latent's decoder direction is one contiguous row for the
-sparse kernels.
+kept, trained with an L1 penalty (`ForwardOutput.l1`). With `activation="jumprelu"` (Gemma
+Scope's, SAELens's; read, not trained here) a latent fires where its pre-activation exceeds its
+own `threshold`: z = h * (h > threshold), h = ReLU(W_enc (x - b_pre) + b_enc). Neither has a
+fixed k (k = n): `encode` gives their codes as wide as the busiest token (`sae.codes.narrowed`).
+W_enc and W_dec are both stored (n, d), so a latent's decoder direction is one contiguous row
+for the sparse kernels.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from sae.config import SaeConfig
+from sae.codes import narrowed
+from sae.config import VARIABLE_L0, SaeConfig
 from sae.errors import AtlasError
 from sae.kernels import (
     EncoderOutput,
@@ -84,6 +88,8 @@ class SparseAutoencoder(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(n, device=device, dtype=dtype))
         self.W_dec = nn.Parameter(torch.empty(n, d, device=device, dtype=dtype))
         self.b_pre = nn.Parameter(torch.zeros(d, device=device, dtype=dtype))
+        if cfg.activation == "jumprelu":  # each latent's threshold on its pre-activation
+            self.threshold = nn.Parameter(torch.zeros(n, device=device, dtype=dtype))
         self.reset_parameters()
 
     # --- initialisation ----------------------------------------------------------------------
@@ -160,9 +166,13 @@ class SparseAutoencoder(nn.Module):
     # --- the public API ----------------------------------------------------------------------
 
     def encode(self, x: Tensor) -> EncoderOutput:
-        """Raw model activations (..., d) → the k active latents (..., k)."""
+        """Raw model activations (..., d) → the k active latents (..., k); without a fixed k
+        (relu, jumprelu), as many slots as the busiest token of `x` fires, the rest silent."""
         normalised, _ = self.normalize(x.to(self.W_enc.dtype))
-        return self._encode_normalised(normalised, self.cfg.k)
+        codes = self._encode_normalised(normalised, self.cfg.k)
+        if self.cfg.activation in VARIABLE_L0:
+            return EncoderOutput(*narrowed(*codes))
+        return codes
 
     def decode(
         self, top_acts: Tensor, top_indices: Tensor, *, stats: tuple[Tensor, Tensor] | None = None
@@ -207,16 +217,18 @@ class SparseAutoencoder(nn.Module):
     def _encode_normalised(self, xn: Tensor, k: int, *, fold: bool = True) -> EncoderOutput:
         """Normalised inputs (..., d) → codes; `fold=False` leaves b_pre out (init only)."""
         bias = self._folded_bias() if fold else self.b_enc
-        if self.cfg.activation == "relu":  # every positive latent, densely: (..., n)
+        if self.cfg.activation in VARIABLE_L0:  # every latent that fires, densely: (..., n)
             acts = (xn @ self.W_enc.T + bias).relu()
+            if self.cfg.activation == "jumprelu":
+                acts = acts * (acts > self.threshold)
             return EncoderOutput(
                 acts, torch.arange(acts.shape[-1], device=acts.device).expand_as(acts)
             )
         return topk_encode(xn, self.W_enc, bias, k)
 
     def _decode_normalised(self, top_acts: Tensor, top_indices: Tensor) -> Tensor:
-        """Codes (..., k) → W_dec z (..., d); dense for a ReLU SAE's (..., n) codes."""
-        if self.cfg.activation == "relu":
+        """Codes (..., k) → W_dec z (..., d); dense for codes over every latent (..., n)."""
+        if self.cfg.activation in VARIABLE_L0 and top_acts.shape[-1] == self.cfg.n_latents:
             dense = torch.zeros(
                 (*top_acts.shape[:-1], self.cfg.n_latents),
                 device=top_acts.device,

@@ -92,3 +92,28 @@ def trained_tiny_sae(out: Path, acts: Path, *, steps: int) -> Path:
     )  # fmt: skip
     train(cfg)
     return out
+
+
+def jumprelu_of(topk_folder: Path, out: Path, *, acts: Path | None = None) -> Path:
+    """A JumpReLU SAE with the weights of the TopK SAE at `topk_folder`, saved to `out`: each
+    latent's threshold the 90th percentile of its pre-activations over a fixed random sample of
+    inputs at the scale of the SAE's own (so a varying number fires per token)."""
+    import dataclasses
+
+    import torch
+
+    import sae
+    from sae.model import SparseAutoencoder
+
+    model = sae.load(topk_folder)
+    cfg = dataclasses.replace(model.cfg, activation="jumprelu", k=model.cfg.n_latents)
+    jump = SparseAutoencoder(cfg)
+    with torch.no_grad():
+        for name in ("W_enc", "b_enc", "W_dec", "b_pre"):
+            getattr(jump, name).copy_(getattr(model, name))
+        probe = torch.randn(4096, cfg.d_in, generator=torch.Generator().manual_seed(0))
+        probe = probe / probe.norm(dim=-1, keepdim=True)  # unit inputs: the SAE's own scale
+        pre = (probe - model.b_pre) @ model.W_enc.T + model.b_enc  # (4096, n)
+        jump.threshold.copy_(pre.quantile(0.9, dim=0).clamp_min(1e-3))
+    jump.save(out)
+    return out

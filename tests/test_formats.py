@@ -227,7 +227,7 @@ def test_saelens_provenance_is_copied(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [
-        ({"architecture": "jumprelu"}, r"cfg\.json: field 'architecture' is 'jumprelu'"),
+        ({"architecture": "temporal"}, r"cfg\.json: field 'architecture' is 'temporal'"),
         ({"k": None}, r"cfg\.json: missing field 'k'"),
         ({"k": N + 1}, r"field 'k' \(65\) exceeds d_sae"),
         ({"d_in": "16"}, r"field 'd_in' must be a positive integer"),

@@ -15,9 +15,10 @@ from indexer.build import build
 from indexer.config import BuildConfig
 from indexer.hashing import pair_hash
 from sae.activations.cache import ActivationCache
+from tests.helpers import jumprelu_of
 
 
-def small_config(tiny_sae: Path, tiny_cache: Path, out: Path, **kw: Any) -> BuildConfig:
+def small_config(indexed_sae: Path, tiny_cache: Path, out: Path, **kw: Any) -> BuildConfig:
     settings: dict[str, Any] = {
         "top_examples": 5,
         "quantile_bands": 4,
@@ -26,28 +27,44 @@ def small_config(tiny_sae: Path, tiny_cache: Path, out: Path, **kw: Any) -> Buil
         "batch_tokens": 100,
     }
     settings.update(kw)
-    return BuildConfig(sae=str(tiny_sae), acts=str(tiny_cache), out=str(out), **settings)
+    return BuildConfig(sae=str(indexed_sae), acts=str(tiny_cache), out=str(out), **settings)
+
+
+@pytest.fixture(scope="module", params=["topk", "jumprelu"])
+def indexed_sae(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_sae: Path
+) -> Path:
+    """The tiny TopK SAE, and a JumpReLU SAE of the same weights whose thresholds (each
+    latent's 90th percentile of its pre-activations) let a varying number of latents fire."""
+    if request.param == "topk":
+        return tiny_sae
+    return jumprelu_of(tiny_sae, tmp_path_factory.mktemp("jumprelu") / "sae")
 
 
 @pytest.fixture(scope="module")
-def tiny_index(tmp_path_factory: pytest.TempPathFactory, tiny_sae: Path, tiny_cache: Path) -> Path:
+def tiny_index(
+    tmp_path_factory: pytest.TempPathFactory, indexed_sae: Path, tiny_cache: Path
+) -> Path:
     out = tmp_path_factory.mktemp("index") / "index.duckdb"
-    build(small_config(tiny_sae, tiny_cache, out), progress=False)
+    build(small_config(indexed_sae, tiny_cache, out), progress=False)
     return out
 
 
 class Dense:
     """Every token's code as a dense (N, T-1, n) array, computed the plain way."""
 
-    def __init__(self, tiny_sae: Path, tiny_cache: Path) -> None:
-        model = sae.load(str(tiny_sae))
+    def __init__(self, indexed_sae: Path, tiny_cache: Path) -> None:
+        model = sae.load(str(indexed_sae))
         cache = ActivationCache(tiny_cache)
         x = torch.cat([acts for _, acts in cache.shards()]).float()  # (N, T-1, d)
         limit = 10 * cache.median_norm()  # the tiny SAE records no sink limit of its own
         with torch.no_grad():
             pre = (x * model.cfg.input_scale - model.b_pre) @ model.W_enc.T + model.b_enc
-            top = pre.topk(model.cfg.k, dim=-1)
-            dense = torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
+            if model.cfg.activation == "jumprelu":
+                dense = pre.relu() * (pre > model.threshold)
+            else:
+                top = pre.topk(model.cfg.k, dim=-1)
+                dense = torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
         dense[x.norm(dim=-1) > limit] = 0.0
         self.codes = dense.numpy()  # (N, T-1, n)
         self.tokens = cache.token_ids()
@@ -61,8 +78,8 @@ class Dense:
 
 
 @pytest.fixture(scope="module")
-def dense(tiny_sae: Path, tiny_cache: Path) -> Dense:
-    return Dense(tiny_sae, tiny_cache)
+def dense(indexed_sae: Path, tiny_cache: Path) -> Dense:
+    return Dense(indexed_sae, tiny_cache)
 
 
 # The documented bins (DESIGN.md §7, indexer/schema.py): 20 log-spaced bins per decade from
@@ -184,10 +201,10 @@ def test_quantile_bands_are_rank_quantiles_of_the_contexts_a_latent_fires_in(
 
 
 def test_a_small_quantile_sample_is_a_hash_chosen_uniform_sample(
-    tmp_path: Path, tiny_sae: Path, tiny_cache: Path, dense: Dense
+    tmp_path: Path, indexed_sae: Path, tiny_cache: Path, dense: Dense
 ) -> None:
     out = tmp_path / "sampled.duckdb"
-    build(small_config(tiny_sae, tiny_cache, out, quantile_sample=8), progress=False)
+    build(small_config(indexed_sae, tiny_cache, out, quantile_sample=8), progress=False)
     for latent in range(64):
         best, _ = dense.context_max(latent)
         contexts = np.flatnonzero(best > 0)
@@ -293,27 +310,30 @@ def test_live_latents_have_explanations_scored_on_held_out_contexts(tiny_index: 
     assert all("[" in p and h <= m for _, p, m, h in patterns)
 
 
-def test_provenance_row(tiny_index: Path, tiny_sae: Path, tiny_cache: Path) -> None:
+def test_provenance_row(tiny_index: Path, indexed_sae: Path, tiny_cache: Path) -> None:
     row = query(
         tiny_index,
         "SELECT layer, sae_format, length(sae_hash), n_latents, k, n_contexts, activations, "
         "settings->>'top_examples', versions->>'torch' FROM build",
     )
-    assert row == [(2, "ours", 64, 64, 4, 128, str(tiny_cache), "5", torch.__version__)]
+    k = 4 if sae.load(indexed_sae).cfg.activation == "topk" else 64  # no fixed k: k = n
+    assert row == [(2, "ours", 64, 64, k, 128, str(tiny_cache), "5", torch.__version__)]
 
 
 def test_the_summary_names_alive_dead_and_density(
-    tmp_path: Path, tiny_sae: Path, tiny_cache: Path
+    tmp_path: Path, indexed_sae: Path, tiny_cache: Path
 ) -> None:
-    summary = build(small_config(tiny_sae, tiny_cache, tmp_path / "i.duckdb"), progress=False)
+    summary = build(small_config(indexed_sae, tiny_cache, tmp_path / "i.duckdb"), progress=False)
     assert summary is not None
     text = "\n".join(summary.lines())
     assert "alive" in text and "dead" in text and "median density" in text and "MiB" in text
 
 
-def test_index_only_a_prefix_of_the_cache(tmp_path: Path, tiny_sae: Path, tiny_cache: Path) -> None:
+def test_index_only_a_prefix_of_the_cache(
+    tmp_path: Path, indexed_sae: Path, tiny_cache: Path
+) -> None:
     out = tmp_path / "prefix.duckdb"
-    build(small_config(tiny_sae, tiny_cache, out, tokens=600), progress=False)
+    build(small_config(indexed_sae, tiny_cache, out, tokens=600), progress=False)
     (n_contexts, n_tokens) = query(out, "SELECT n_contexts, n_tokens FROM build")[0]
     assert n_contexts == 38  # ceil(600 / 16)
     assert n_tokens <= 38 * 16

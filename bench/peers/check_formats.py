@@ -1,7 +1,8 @@
 """Check our SAE readers and SAELens writer against the real SAELens and sparsify libraries.
 
-Runs in .venv-peers (bench/peers/setup.sh). Each case builds a TopK SAE with the library's own
-classes, randomises its weights, saves it with the library's own save code, and records the
+Runs in .venv-peers (bench/peers/setup.sh). Each case builds an SAE (TopK, and SAELens's
+JumpReLU, standard, gated, BatchTopK and Matryoshka) with the library's own classes, randomises
+its weights, saves it with the library's own save code, and records the
 library's encode/decode of fixed random inputs. Our side (`--ours`, run with the project's
 .venv python, our package on PYTHONPATH) loads every folder with `sae.load` and records ours.
 Codes are compared dense (the value on every latent), reconstructions directly. Last, our
@@ -125,7 +126,8 @@ def saelens_cases(work: Path, x: Tensor) -> list[Case]:
     checkpoint.save_model(folder)
     ActivationScaler(scaling_factor=0.125).save(str(folder / "activation_scaler.json"))
 
-    cases = [
+    cases = [*variable_l0_cases(work, metadata)]
+    cases += [
         Case("saelens-plain", "sae_lens", "sae", 3),
         Case("saelens-no-b_dec-input", "sae_lens", "sae", 2),
         Case("saelens-rescale", "sae_lens", "sae", None),
@@ -144,6 +146,70 @@ def saelens_cases(work: Path, x: Tensor) -> list[Case]:
             recon = scaler.unscale(sae.decode(code))
         torch.save({"code": code, "recon": recon}, work / case.name / "expected.pt")
     return cases
+
+
+def variable_l0_cases(work: Path, metadata: Callable[[str], Any]) -> list[Case]:
+    """SAELens's architectures without a fixed k: JumpReLU, standard (ReLU), gated, and what
+    BatchTopK and Matryoshka BatchTopK training save for inference (a JumpReLU SAE)."""
+    from sae_lens import (
+        BatchTopKTrainingSAE,
+        BatchTopKTrainingSAEConfig,
+        GatedSAE,
+        GatedSAEConfig,
+        JumpReLUSAE,
+        JumpReLUSAEConfig,
+        MatryoshkaBatchTopKTrainingSAE,
+        MatryoshkaBatchTopKTrainingSAEConfig,
+        StandardSAE,
+        StandardSAEConfig,
+    )
+
+    def save(name: str, sae: Any, seed: int) -> None:
+        params = dict(sae.named_parameters())
+        randomise(params, seed)
+        with torch.no_grad():
+            if "threshold" in params:  # positive, about where pre-activations sit
+                params["threshold"].copy_(params["threshold"].abs() * 3 + 2.5)
+            for bias in ("b_enc", "b_gate", "b_mag"):
+                if bias in params:
+                    params[bias].sub_(2.5)  # most latents silent on most tokens
+        sae.save_model(work / name / "sae")
+
+    hook = "blocks.4.hook_resid_post"
+    base = {"d_in": D, "d_sae": N, "metadata": metadata(hook)}
+    save("saelens-jumprelu", JumpReLUSAE(JumpReLUSAEConfig(**base)), 31)
+    save(
+        "saelens-jumprelu-no-b_dec-input",
+        JumpReLUSAE(JumpReLUSAEConfig(**base, apply_b_dec_to_input=False)),
+        32,
+    )
+    save("saelens-standard", StandardSAE(StandardSAEConfig(**base)), 33)
+    save("saelens-gated", GatedSAE(GatedSAEConfig(**base)), 34)
+    trained = [
+        ("saelens-batchtopk", BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(**base, k=K))),
+        (
+            "saelens-matryoshka",
+            MatryoshkaBatchTopKTrainingSAE(
+                MatryoshkaBatchTopKTrainingSAEConfig(
+                    **base, k=K, matryoshka_widths=[N // 4, N // 2, N]
+                )
+            ),
+        ),
+    ]
+    for seed, (name, sae) in enumerate(trained, start=35):
+        randomise(dict(sae.named_parameters()), seed)
+        with torch.no_grad():
+            sae.topk_threshold.fill_(2.5)  # what training's moving minimum would have reached
+        sae.save_inference_model(work / name / "sae")  # saved as a JumpReLU SAE
+    names = [
+        "saelens-jumprelu",
+        "saelens-jumprelu-no-b_dec-input",
+        "saelens-standard",
+        "saelens-gated",
+        "saelens-batchtopk",
+        "saelens-matryoshka",
+    ]
+    return [Case(name, "sae_lens", "sae", 4) for name in names]
 
 
 def sparsify_cases(work: Path, x: Tensor) -> list[Case]:
@@ -210,7 +276,8 @@ def compare(name: str, library: str, expected: dict[str, Tensor], got: dict[str,
         torch.testing.assert_close(got["recon"], expected["recon"], rtol=RTOL, atol=RECON_ATOL)
     except AssertionError as exc:
         return {**row, "result": "FAIL", "note": str(exc).splitlines()[0]}
-    return {**row, "result": "PASS", "note": ""}
+    l0 = (expected["code"] != 0).sum(-1)  # the latents active per token: fixed k, or not
+    return {**row, "result": "PASS", "note": f"L0 {int(l0.min())}-{int(l0.max())}"}
 
 
 def judge(case: Case, work: Path) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from sae.activations.cache import ActivationCache
 from sae.activations.lm import LanguageModel, logits_with
-from sae.codes import fired, is_firing
+from sae.codes import fired, is_firing, joined
 from sae.evaluation.probe import probe_metric
 from sae.explain import TokenSample, explain_latents
 from sae.model import SparseAutoencoder
@@ -70,22 +70,15 @@ def encode_sample(
 ) -> Codes:
     """Codes of every token of the sample; tokens above the sink limit fire nothing.
 
-    A ReLU SAE's dense codes are cut to the most active latents any token has, which keeps
-    every positive activation.
+    An SAE without a fixed k gives codes as wide as the busiest token, every activation kept.
     """
     flat = sample.activations.flatten(0, 1)  # (N, d)
-    indices, values = [], []
+    parts = []
     for rows in flat.split(batch):
         x = rows.to(model.device, torch.float32)  # (b, d)
         acts, idx = model.encode(x)  # (b, k)
-        acts = acts.masked_fill(is_sink(x, limit)[:, None], 0.0)
-        indices.append(idx.cpu())
-        values.append(acts.cpu())
-    idx_all, acts_all = torch.cat(indices), torch.cat(values)  # (N, k)
-    if model.cfg.activation == "relu":
-        width = max(int(is_firing(acts_all).sum(-1).max()), 1)
-        acts_all, order = acts_all.topk(width, dim=-1)  # (N, m)
-        idx_all = idx_all.gather(1, order)
+        parts.append((acts.masked_fill(is_sink(x, limit)[:, None], 0.0).cpu(), idx.cpu()))
+    acts_all, idx_all = joined(parts)  # (N, k)
     shape = (*sample.activations.shape[:2], idx_all.shape[-1])
     return Codes(
         idx_all.reshape(shape).numpy().astype(np.int32),

@@ -1,4 +1,5 @@
-"""Reading and writing SAE files: ours, SAELens, sparsify and OpenAI releases (DESIGN.md §6).
+"""Reading and writing SAE files: ours, SAELens, sparsify, OpenAI and Gemma Scope releases
+(DESIGN.md §6).
 
 Ours is a folder with `cfg.json` (every hyperparameter and the provenance) and
 `sae.safetensors` (W_enc, b_enc, W_dec, b_pre; decoder rows are latents). Every foreign reader
@@ -28,6 +29,7 @@ from sae.formats.common import (
     layer_of_hook,
     read_json,
 )
+from sae.formats.gemmascope import GEMMASCOPE_WEIGHTS, load_gemmascope
 from sae.formats.openai import load_openai
 from sae.formats.ours import load_ours, ours_or_sparsify
 from sae.formats.saelens import load_saelens, save_saelens
@@ -43,6 +45,7 @@ __all__ = [
     "detect",
     "layer_of_hook",
     "load",
+    "load_gemmascope",
     "load_openai",
     "load_ours",
     "load_saelens",
@@ -76,6 +79,7 @@ def load(
         "saelens": load_saelens,
         "sparsify": load_sparsify,
         "openai": load_openai,
+        "gemmascope": load_gemmascope,
     }
     return readers[from_format](target, device=device)
 
@@ -85,13 +89,19 @@ def detect(path: Path) -> tuple[Format, Path]:
     if path.is_file():
         if path.suffix in OPENAI_SUFFIXES:
             return "openai", path
+        if path.suffix == ".npz":
+            return "gemmascope", path
         if path.name not in (CONFIG, WEIGHTS, SAELENS_WEIGHTS):
-            raise AtlasError(f"SAE {path}: a file that is not an OpenAI .pt state dict")
+            raise AtlasError(
+                f"SAE {path}: a file that is not an OpenAI .pt state dict or a Gemma Scope .npz"
+            )
         path = path.parent  # a file inside an SAE folder stands for the folder
     if (path / CONFIG).is_file() and (path / SAELENS_WEIGHTS).is_file():
         return "saelens", path
     if (path / CONFIG).is_file() and (path / WEIGHTS).is_file():
         return ours_or_sparsify(path), path
+    if (path / GEMMASCOPE_WEIGHTS).is_file():
+        return "gemmascope", path
     hookpoints = sparsify_hookpoints(path)
     if len(hookpoints) == 1:
         return "sparsify", hookpoints[0]
@@ -103,7 +113,7 @@ def detect(path: Path) -> tuple[Format, Path]:
     raise AtlasError(
         f"SAE {path}: not a format we can read (found {shown}). Expected cfg.json with "
         f"sae.safetensors (ours, sparsify) or sae_weights.safetensors (SAELens), a sparsify "
-        f"run folder with one hookpoint, or an OpenAI .pt state dict"
+        f"run folder with one hookpoint, an OpenAI .pt state dict or a Gemma Scope params.npz"
     )
 
 

@@ -16,7 +16,7 @@ from sae.config import SaeConfig
 from sae.errors import AtlasError
 from sae.model import SparseAutoencoder
 
-Format = Literal["ours", "saelens", "sparsify", "openai"]
+Format = Literal["ours", "saelens", "sparsify", "openai", "gemmascope"]
 FORMATS: tuple[str, ...] = get_args(Format)
 ExportFormat = Literal["ours", "saelens"]
 
@@ -40,6 +40,8 @@ class Weights(NamedTuple):
     """(n, d)"""
     b_pre: Tensor
     """(d,)"""
+    threshold: Tensor | None = None
+    """(n,): a JumpReLU SAE's per-latent thresholds; None for the others"""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,6 +123,8 @@ def build(cfg: SaeConfig, weights: Weights, *, device: str | torch.device) -> Sp
         raise AtlasError(str(exc)) from None
     taken: set[int] = set()
     for name, value in weights._asdict().items():
+        if value is None:
+            continue
         # the loaded tensor itself where it is already float32 on `device`: one copy of the
         # weights in memory, not three (file, module, random init), at any width; a tensor a
         # reader gave for two parameters is copied, so that they never share memory

@@ -33,6 +33,8 @@ def load_ours(folder: Path, *, device: str | torch.device = "cpu") -> SparseAuto
     tensors = read_tensors(folder / WEIGHTS)
     n, d = cfg.n_latents, cfg.d_in
     shapes = {"W_enc": (n, d), "b_enc": (n,), "W_dec": (n, d), "b_pre": (d,)}
+    if cfg.activation == "jumprelu":
+        shapes["threshold"] = (n,)
     checked = {
         name: check_tensor(folder / WEIGHTS, name, tensors.get(name), shape)
         for name, shape in shapes.items()

@@ -1,4 +1,5 @@
-"""SAELens TopK SAEs: read (folding its conventions into our weights) and write."""
+"""SAELens SAEs: read TopK, JumpReLU (and what BatchTopK and Matryoshka save for inference),
+standard (ReLU) and gated ones, folding SAELens's conventions into our weights; write TopK."""
 
 from __future__ import annotations
 
@@ -35,16 +36,30 @@ from sae.version import VERSION
 # ---------------------------------------------------------------------------------------------
 
 
+ARCHITECTURES = ("topk", "jumprelu", "standard", "gated")
+ACTIVATION = {"topk": "topk", "jumprelu": "jumprelu", "standard": "relu", "gated": "jumprelu"}
+TENSORS = {  # beside W_enc, W_dec and b_dec; `scaling_factor` may be there too (all ones)
+    "topk": ("b_enc",),
+    "jumprelu": ("b_enc", "threshold"),
+    "standard": ("b_enc",),
+    "gated": ("b_gate", "r_mag", "b_mag"),
+}
+
+
 class SaelensSpec(NamedTuple):
     """What a SAELens cfg.json says about how to compute the SAE."""
 
+    architecture: str
+    """one of ARCHITECTURES"""
     d_in: int
     d_sae: int
     k: int
+    """TopK's k; d_sae for the others (no fixed k)"""
     apply_b_dec_to_input: bool
     """False: b_dec is added on decode but not subtracted before encoding."""
     rescale_acts_by_decoder_norm: bool
-    """True: pre-activations are multiplied by the decoder row norms, codes divided on decode."""
+    """True: pre-activations are multiplied by the decoder row norms, codes divided on decode
+    (a TopK SAE's setting; SAELens's other architectures have no such field)."""
     normalize: Normalize
     input_scale: float
     model: str
@@ -53,26 +68,33 @@ class SaelensSpec(NamedTuple):
 
 
 def load_saelens(folder: Path, *, device: str | torch.device = "cpu") -> SparseAutoencoder:
-    """A SAELens TopK SAE (current nested-metadata configs and older flat ones)."""
+    """A SAELens SAE (current nested-metadata configs and older flat ones)."""
     weights_path = folder / SAELENS_WEIGHTS
     spec = saelens_spec(folder)
     tensors = read_tensors(weights_path)
     d, n = spec.d_in, spec.d_sae
-    W_enc = check_tensor(weights_path, "W_enc", tensors.get("W_enc"), (d, n))
-    weights = Weights(
-        W_enc.double().T,  # (n, d)
-        check_tensor(weights_path, "b_enc", tensors.get("b_enc"), (n,)).double(),
-        check_tensor(weights_path, "W_dec", tensors.get("W_dec"), (n, d)).double(),
-        check_tensor(weights_path, "b_dec", tensors.get("b_dec"), (d,)).double(),
-    )
+
+    def vector(name: str) -> Tensor:
+        return check_tensor(weights_path, name, tensors.get(name), (n,)).double()
+
+    W_enc = check_tensor(weights_path, "W_enc", tensors.get("W_enc"), (d, n)).double().T  # (n, d)
+    W_dec = check_tensor(weights_path, "W_dec", tensors.get("W_dec"), (n, d)).double()
+    b_dec = check_tensor(weights_path, "b_dec", tensors.get("b_dec"), (d,)).double()
     check_saelens_scaling_factor(weights_path, tensors)
-    check_no_extra(weights_path, tensors, {"W_enc", "b_enc", "W_dec", "b_dec", "scaling_factor"})
+    extra = TENSORS[spec.architecture]
+    check_no_extra(weights_path, tensors, {"W_enc", "W_dec", "b_dec", "scaling_factor", *extra})
+    if spec.architecture == "gated":
+        weights = gated_as_jumprelu(W_enc, W_dec, b_dec, *(vector(name) for name in extra))
+    else:
+        threshold = vector("threshold") if spec.architecture == "jumprelu" else None
+        weights = Weights(W_enc, vector("b_enc"), W_dec, b_dec, threshold)
     weights = fold_saelens(weights, spec, weights_path)
     cfg = make_config(
         folder / CONFIG,
         d_in=d,
         n_latents=n,
         k=spec.k,
+        activation=ACTIVATION[spec.architecture],
         normalize=spec.normalize,
         input_scale=spec.input_scale,
         model=spec.model,
@@ -83,31 +105,49 @@ def load_saelens(folder: Path, *, device: str | torch.device = "cpu") -> SparseA
     return build(cfg, weights, device=device)
 
 
+def gated_as_jumprelu(
+    W_enc: Tensor, W_dec: Tensor, b_dec: Tensor, b_gate: Tensor, r_mag: Tensor, b_mag: Tensor
+) -> Weights:
+    """A gated SAE (Rajamanoharan et al. 2024) as the JumpReLU SAE that computes the same codes.
+
+    SAELens's gated code is 1[W x' + b_gate > 0] * ReLU(e^r (W x') + b_mag), x' = x - b_dec. With
+    h = e^r (W x') + b_mag, and e^r > 0, the gate W x' > -b_gate is h > b_mag - e^r b_gate: so
+    W_enc = e^r W, b_enc = b_mag and threshold = b_mag - e^r b_gate give ReLU(h) * 1[h > threshold]
+    (a negative threshold only lets through what the ReLU zeroes anyway).
+    """
+    scale = r_mag.exp()  # (n,)
+    return Weights(W_enc * scale[:, None], b_mag, W_dec, b_dec, b_mag - scale * b_gate)
+
+
 def saelens_spec(folder: Path) -> SaelensSpec:
     """Read and check a SAELens cfg.json (SAELens ≥ 6 nests provenance under `metadata`)."""
     path = folder / CONFIG
     raw = read_json(path)
     architecture = saelens_architecture(raw)
-    if architecture != "topk":
+    if architecture not in ARCHITECTURES:
         raise AtlasError(
-            f"{path}: field 'architecture' is {architecture!r}; only 'topk' SAEs can be read"
+            f"{path}: field 'architecture' is {architecture!r}; SAEs of architecture "
+            f"{', '.join(ARCHITECTURES)} can be read (BatchTopK and Matryoshka SAEs are saved "
+            f"for inference as jumprelu)"
         )
-    kwargs = raw.get("activation_fn_kwargs") or {}
-    k_source = raw if raw.get("k") is not None else kwargs  # older configs: activation_fn_kwargs
     d_sae = int_field(raw, "d_sae", path)
-    k = int_field(k_source, "k", path)
-    if k > d_sae:
-        raise AtlasError(f"{path}: field 'k' ({k}) exceeds d_sae ({d_sae})")
+    k = d_sae
+    if architecture == "topk":
+        kwargs = raw.get("activation_fn_kwargs") or {}
+        k_source = raw if raw.get("k") is not None else kwargs  # older: activation_fn_kwargs
+        k = int_field(k_source, "k", path)
+        if k > d_sae:
+            raise AtlasError(f"{path}: field 'k' ({k}) exceeds d_sae ({d_sae})")
     normalize, scale = saelens_normalization(raw, folder)
     metadata: dict[str, Any] = raw["metadata"] if isinstance(raw.get("metadata"), dict) else {}
     return SaelensSpec(
+        architecture=architecture,
         d_in=int_field(raw, "d_in", path),
         d_sae=d_sae,
         k=k,
         apply_b_dec_to_input=bool_field(raw, "apply_b_dec_to_input", path, default=True),
-        rescale_acts_by_decoder_norm=bool_field(
-            raw, "rescale_acts_by_decoder_norm", path, default=False
-        ),
+        rescale_acts_by_decoder_norm=architecture == "topk"  # the others' configs lack it
+        and bool_field(raw, "rescale_acts_by_decoder_norm", path, default=False),
         normalize=normalize,
         input_scale=scale,
         model=str(metadata.get("model_name") or raw.get("model_name") or ""),
@@ -180,15 +220,15 @@ def check_saelens_scaling_factor(path: Path, tensors: dict[str, Tensor]) -> None
 
 
 def fold_saelens(weights: Weights, spec: SaelensSpec, path: Path) -> Weights:
-    """Rewrite SAELens's encode/decode as ours: z = TopK(W_enc (x - b_pre) + b_enc).
+    """Rewrite SAELens's encode/decode as ours: z = act(W_enc (x - b_pre) + b_enc).
 
     - apply_b_dec_to_input false: SAELens computes W_enc x + b_enc, which is
       W_enc (x - b_dec) + (b_enc + W_enc b_dec); decode still adds b_dec.
     - rescale_acts_by_decoder_norm: pre-activations are multiplied by s_i = |W_dec[i]| and the
-      code divided by s_i before decoding; scaling row i of W_enc and b_enc by s_i and dividing
-      W_dec[i] by s_i gives the same code values and the same reconstruction.
+      code divided by s_i before decoding (TopK only); scaling row i of W_enc and b_enc by s_i
+      and dividing W_dec[i] by s_i gives the same code values and the same reconstruction.
     """
-    W_enc, b_enc, W_dec, b_dec = weights
+    W_enc, b_enc, W_dec, b_dec, threshold = weights
     if not spec.apply_b_dec_to_input:
         b_enc = b_enc + W_enc @ b_dec  # (n,)
     if spec.rescale_acts_by_decoder_norm:
@@ -199,11 +239,12 @@ def fold_saelens(weights: Weights, spec: SaelensSpec, path: Path) -> Weights:
                 f"turns into NaN"
             )
         W_enc, b_enc, W_dec = W_enc * norms[:, None], b_enc * norms, W_dec / norms[:, None]
-    return Weights(W_enc, b_enc, W_dec, b_dec)
+    return Weights(W_enc, b_enc, W_dec, b_dec, threshold)
 
 
 def save_saelens(sae: SparseAutoencoder, folder: str | Path) -> Path:
-    """Write `sae` as a SAELens TopK SAE folder (what SAEBench and Neuronpedia read).
+    """Write `sae` as a SAELens SAE folder (what SAEBench and Neuronpedia read): a TopK SAE as
+    `topk`, a JumpReLU one as `jumprelu`, a ReLU one as `standard`.
 
     SAELens applies no constant input scale at inference, so normalize='scale' is folded in:
     our code is z = TopK(W_enc (s x - b_pre) + b_enc) = TopK((s W_enc)(x - b_pre / s) + b_enc),
@@ -226,6 +267,8 @@ def save_saelens(sae: SparseAutoencoder, folder: str | Path) -> Path:
         "W_dec": W_dec.float().contiguous(),
         "b_dec": b_pre.float().contiguous(),
     }
+    if cfg.activation == "jumprelu":  # the pre-activation is the same after the fold above
+        tensors["threshold"] = sae.threshold.detach().float().cpu().contiguous()
     check_finite(tensors, prefix=f"refusing to save {out}")
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / SAELENS_WEIGHTS))
@@ -239,7 +282,8 @@ def _parameters(sae: SparseAutoencoder) -> tuple[Tensor, Tensor, Tensor, Tensor]
 
 
 def saelens_config(cfg: SaeConfig, normalize: str) -> dict[str, Any]:
-    """The cfg.json of SAELens's TopKSAEConfig.to_dict(), with what we know of provenance."""
+    """The cfg.json of SAELens's config's to_dict() (TopKSAEConfig, JumpReLUSAEConfig,
+    StandardSAEConfig), with what we know of provenance."""
     from sae.activations.lm import DEFAULT_MODEL, DEFAULT_MODEL_ID
 
     model = DEFAULT_MODEL_ID if cfg.model == DEFAULT_MODEL else cfg.model
@@ -257,11 +301,12 @@ def saelens_config(cfg: SaeConfig, normalize: str) -> dict[str, Any]:
     }
     if cfg.corpus:
         metadata["dataset_path"] = cfg.corpus
+    architecture = {"topk": "topk", "jumprelu": "jumprelu", "relu": "standard"}[cfg.activation]
     return {
-        "architecture": "topk",
+        "architecture": architecture,
         "d_in": cfg.d_in,
         "d_sae": cfg.n_latents,
-        "k": cfg.k,
+        **({"k": cfg.k} if architecture == "topk" else {}),
         "dtype": "float32",
         "device": "cpu",
         "apply_b_dec_to_input": True,
