@@ -117,11 +117,13 @@ class LiveEncoder:
     def _codes(
         self, loaded: _Loaded, ids: list[int]
     ) -> tuple[torch.Tensor, torch.Tensor, list[str | None]]:
-        from sae.activations.hookpoints import residual_stream
+        from sae.activations.hookpoints import read_hookpoint, recorded_hookpoint
 
         input_ids = torch.tensor([ids], dtype=torch.long)  # (1, T)
         with torch.inference_mode():
-            x = residual_stream(loaded.lm, input_ids, self.build.layer)[0].float()  # (T, d)
+            hook = recorded_hookpoint(self.build.layer, self.build.hook)
+            assert hook is not None  # an index records its layer
+            x = read_hookpoint(loaded.lm, input_ids, hook)[0].float()  # (T, d)
             top_acts, top_indices = loaded.sae.encode(x.to(loaded.sae.device))  # (T, k)
         over = is_sink(x, sink_limit_of(self.build.sink_norm_limit)).tolist()  # (T,)
         skipped: list[str | None] = []

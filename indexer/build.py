@@ -41,6 +41,12 @@ from indexer.shards import (
     tokens_digest,
 )
 from indexer.store import write_index
+from sae.activations.hookpoints import (
+    HookPoint,
+    parse_hookpoint,
+    recorded_hookpoint,
+    same_activation,
+)
 from sae.activations.lm import LanguageModel, load_config, load_lm
 from sae.activations.source import ActivationSource, CacheSource, open_stream
 from sae.distributed import rank_and_world
@@ -196,16 +202,18 @@ def _open_source(
     """The cache, or the model over the corpus; checked against the SAE before any work."""
     if cfg.acts is not None:
         source: ActivationSource = CacheSource(cfg.acts, max_tokens=cfg.tokens)
-        layer, lm, what = source.provenance.layer, None, cfg.acts
+        hook, lm, what = source.provenance.hook_point, None, cfg.acts
     else:
         name = cfg.model or model.cfg.model or "default"
-        wanted = cfg.layer if cfg.layer is not None else model.cfg.layer
+        wanted = _wanted_hookpoint(cfg, model)
         if wanted is None:
-            raise AtlasError(f"SAE {cfg.sae} does not record its layer: pass --layer or --acts")
-        layer = wanted
+            raise AtlasError(
+                f"SAE {cfg.sae} does not record its hook point: pass --hook, --layer or --acts"
+            )
+        hook = wanted
         stream = open_stream(
             name,
-            layer=layer,
+            hook=hook,
             corpus=cfg.corpus,
             tokens=cfg.tokens or DEFAULT_STREAM_TOKENS,
             context_length=cfg.context_length,
@@ -219,13 +227,24 @@ def _open_source(
             f"SAE {cfg.sae} reads {model.cfg.d_in}-wide activations but {what} has "
             f"d_model {source.d_model}"
         )
-    if model.cfg.layer is not None and model.cfg.layer != layer:
+    trained = recorded_hookpoint(model.cfg.layer, model.cfg.hook)
+    if trained is not None and not same_activation(trained, hook):
         raise AtlasError(
-            f"SAE {cfg.sae} was trained on layer {model.cfg.layer} but {what} holds layer {layer}"
+            f"SAE {cfg.sae} was trained on the {trained.description} but {what} holds the "
+            f"{hook.description}"
         )
     if len(source.token_ids) == 0:
         raise AtlasError(f"{what}: no contexts to index")
     return source, lm
+
+
+def _wanted_hookpoint(cfg: BuildConfig, model: SparseAutoencoder) -> HookPoint | None:
+    """Where to read the model without --acts: --hook, else --layer, else the SAE's own."""
+    if cfg.hook:
+        return parse_hookpoint(cfg.hook)
+    if cfg.layer is not None:
+        return HookPoint(cfg.layer, "resid_post")
+    return recorded_hookpoint(model.cfg.layer, model.cfg.hook)
 
 
 def _sink_limit(cfg: BuildConfig, model: SparseAutoencoder, source: ActivationSource) -> float:

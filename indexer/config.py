@@ -37,6 +37,13 @@ class BuildConfig:
     layer: int | None = field(
         default=None, metadata={"help": "layer without --acts (default: the SAE's own layer)"}
     )
+    hook: str = field(
+        default="",
+        metadata={
+            "help": "hook point without --acts, by its SAELens or sparsify name (default: the "
+            "SAE's own, else the residual stream after --layer)"
+        },
+    )
     tokens: int = field(
         default=0,
         metadata={

@@ -94,7 +94,7 @@ def trained_tiny_sae(out: Path, acts: Path, *, steps: int) -> Path:
     return out
 
 
-def jumprelu_of(topk_folder: Path, out: Path, *, acts: Path | None = None) -> Path:
+def jumprelu_of(topk_folder: Path, out: Path) -> Path:
     """A JumpReLU SAE with the weights of the TopK SAE at `topk_folder`, saved to `out`: each
     latent's threshold the 90th percentile of its pre-activations over a fixed random sample of
     inputs at the scale of the SAE's own (so a varying number fires per token)."""

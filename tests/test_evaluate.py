@@ -150,7 +150,11 @@ def test_eval_command_prints_json(tmp_path: Path, sentence_cache: Path) -> None:
 def test_eval_refuses_an_sae_of_another_layer(tmp_path: Path, tiny_cache: Path) -> None:
     model = exact_sae(32, layer=3)
     model.save(tmp_path / "sae")
-    with pytest.raises(AtlasError, match=r"trained at layer 3, the cache .* is layer 2"):
+    with pytest.raises(
+        AtlasError,
+        match=r"trained on residual stream after block 3 .*, the cache .* holds residual stream "
+        r"after block 2",
+    ):
         run_eval(EvalConfig(sae=str(tmp_path / "sae"), acts=str(tiny_cache)))
 
 

@@ -7,18 +7,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from sae.activations.hookpoints import residual_stream
+from sae.activations.hookpoints import HookPoint, next_token_loss, residual_stream
 from sae.activations.lm import (
     LanguageModel,
     check_layer,
     load_config,
     load_lm,
     load_tokenizer,
-    next_token_loss,
     vocabulary,
 )
 from sae.errors import AtlasError
 from tests.helpers import ENGLISH
+
+RESID_15 = HookPoint(15, "resid_post")
 
 
 def test_default_model_is_smollm2_135m(default_lm: LanguageModel) -> None:
@@ -50,8 +51,8 @@ def test_truncated_forward_equals_full_forward(default_lm: LanguageModel, layer:
 def test_replacing_a_layer_with_itself_keeps_the_loss(default_lm: LanguageModel) -> None:
     ids = default_lm.tokenizer(ENGLISH, return_tensors="pt").input_ids
     plain = next_token_loss(default_lm, ids)
-    same = next_token_loss(default_lm, ids, layer=15, replace=lambda x: x)
-    zeroed = next_token_loss(default_lm, ids, layer=15, replace=torch.zeros_like)
+    same = next_token_loss(default_lm, ids, hook=RESID_15, replace=lambda x: x)
+    zeroed = next_token_loss(default_lm, ids, hook=RESID_15, replace=torch.zeros_like)
     torch.testing.assert_close(same, plain)
     assert zeroed.item() > plain.item() + 1.0
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sae.activations.cache import ActivationCache
-from sae.activations.hookpoints import residual_stream
+from sae.activations.hookpoints import HookPoint, residual_stream
 from sae.activations.lm import load_lm
 from sae.config import SaeConfig
 from sae.evaluation.quality import (
@@ -68,7 +68,12 @@ def test_an_sae_whose_latents_write_nothing_has_no_ablation_effect(
     model = SparseAutoencoder(SaeConfig(d_in=32, n_latents=64, k=4, layer=2))
     token_ids = torch.from_numpy(np.array(ActivationCache(tiny_cache).token_ids()[:4])).long()
     hidden = residual_stream(lm, token_ids, 2)  # (4, T, d)
-    kwargs = {"layer": 2, "limit": float("inf"), "positions": 2, "window": 4}
+    kwargs = {
+        "hook": HookPoint(2, "resid_post"),
+        "limit": float("inf"),
+        "positions": 2,
+        "window": 4,
+    }
     sparsity = ablation_sparsity(model, lm, token_ids, hidden, **kwargs)  # type: ignore[arg-type]
     assert sparsity is not None and 1 / (4 * lm.model.config.vocab_size) < sparsity <= 1.0
     with torch.no_grad():
@@ -118,7 +123,7 @@ def test_encoded_samples_silence_sinks_and_keep_every_relu_latent(tiny_cache: Pa
     limit = float(sample.activations.float().norm(dim=-1).median())
     codes = encode_sample(relu, sample, limit=limit)
     flat = sample.activations.flatten(0, 1).float()
-    dense, _ = relu.encode(flat)  # (N, 64) every latent, in id order
+    dense, _ = relu.encode(flat)  # (N, m) every latent that fires
     fired = (codes.activations > 0).reshape(len(flat), -1)
     below = (flat.norm(dim=-1) <= limit).numpy()
     assert not fired[~below].any()  # above the limit: sinks, nothing fires

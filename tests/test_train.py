@@ -244,15 +244,15 @@ def test_training_streams_from_the_model_without_a_cache(
     import sae.activations.source as source_module  # where streamed training runs the model
 
     forwards = {"n": 0}
-    real_forward = source_module.residual_stream
+    real_forward = source_module.read_hookpoint
 
     def counting_forward(*args: Any, **kwargs: Any) -> torch.Tensor:
         forwards["n"] += 1
         return real_forward(*args, **kwargs)
 
-    monkeypatch.setattr(source_module, "residual_stream", counting_forward)
+    monkeypatch.setattr(source_module, "read_hookpoint", counting_forward)
     whole = train(stream_run(tiny_model_dir, corpus, tmp_path / "whole"))
-    monkeypatch.setattr(source_module, "residual_stream", real_forward)
+    monkeypatch.setattr(source_module, "read_hookpoint", real_forward)
     groups_seen = torch.load(tmp_path / "whole" / "checkpoint" / "state.pt", weights_only=False)
     # One forward per group used (each group is < 32 contexts): the median norm, the init
     # sample and the first batches share group 0's forward.
@@ -274,13 +274,14 @@ def test_training_streams_from_the_model_without_a_cache(
 def test_a_streamed_epoch_is_the_sources_activations_without_its_sinks(
     tiny_model_dir: Path, text_corpus: Path, max_norm_ratio: float
 ) -> None:
+    from sae.activations.hookpoints import HookPoint
     from sae.activations.source import open_stream
     from sae.sinks import sink_limit
     from sae.training.stream import StreamedTokens
 
     source = open_stream(
         str(tiny_model_dir),
-        layer=2,
+        hook=HookPoint(2, "resid_post"),
         corpus=str(text_corpus),
         tokens=400,
         context_length=17,

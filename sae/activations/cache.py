@@ -30,6 +30,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from sae.activations.hookpoints import HookPoint, recorded_hookpoint
 from sae.errors import AtlasError
 
 FORMAT_VERSION = 1
@@ -240,6 +241,13 @@ class ActivationCache:
     @property
     def layer(self) -> int:
         return int(self.manifest["layer"])
+
+    @property
+    def hook_point(self) -> HookPoint:
+        """Where the activations were read (older caches: the residual stream after `layer`)."""
+        found = recorded_hookpoint(self.layer, str(self.manifest.get("hook", "")))
+        assert found is not None  # a cache always records its layer
+        return found
 
     @property
     def d_model(self) -> int:

@@ -22,7 +22,12 @@ from tqdm import tqdm
 from sae.activations import cache
 from sae.activations.contexts import Contexts, build_contexts, contexts_needed
 from sae.activations.corpus import open_corpus
-from sae.activations.hookpoints import hook_description, residual_stream
+from sae.activations.hookpoints import (
+    HookPoint,
+    check_hookpoint,
+    parse_hookpoint,
+    read_hookpoint,
+)
 from sae.activations.lm import (
     LanguageModel,
     check_layer,
@@ -50,6 +55,14 @@ class HarvestConfig:
     )
     layer: int = field(
         default=15, metadata={"help": "residual stream at the output of this block (from 0)"}
+    )
+    hook: str = field(
+        default="",
+        metadata={
+            "help": "read a hook point instead, by its SAELens name (blocks.L.hook_resid_pre, "
+            "hook_resid_post, hook_mlp_out, hook_attn_out) or sparsify's (layers.L, "
+            "layers.L.mlp, layers.L.self_attn); its block replaces --layer"
+        },
     )
     corpus: str = field(
         default="pydocs",
@@ -89,6 +102,15 @@ class HarvestConfig:
             raise ValueError(f"context_length must be at least 2, got {self.context_length}")
         if self.layer < 0:
             raise ValueError(f"layer must be >= 0, got {self.layer}")
+        if self.hook:
+            try:
+                self.layer = parse_hookpoint(self.hook).layer
+            except AtlasError as exc:
+                raise ValueError(str(exc)) from None
+
+    @property
+    def hook_point(self) -> HookPoint:
+        return parse_hookpoint(self.hook) if self.hook else HookPoint(self.layer, "resid_post")
 
     def settings(self) -> dict[str, Any]:
         """What determines the cache's content: a rerun with equal settings resumes."""
@@ -104,7 +126,10 @@ class HarvestConfig:
             "shard_contexts",
             "exclude_special",
         )
-        return {name: value for name, value in asdict(self).items() if name in keep}
+        settings = {name: value for name, value in asdict(self).items() if name in keep}
+        if self.hook:  # left out otherwise, so that caches made before hook points resume
+            settings["hook"] = self.hook_point.saelens_name
+        return settings
 
 
 def harvest(cfg: HarvestConfig, *, progress: bool = True) -> dict[str, Any]:
@@ -112,7 +137,10 @@ def harvest(cfg: HarvestConfig, *, progress: bool = True) -> dict[str, Any]:
     out = Path(cfg.out).expanduser()
     existing = _check_output(out)
     config = load_config(cfg.model)
-    check_layer(config, cfg.layer, name=cfg.model)
+    if cfg.hook:
+        check_hookpoint(config, cfg.hook_point, name=cfg.model)
+    else:
+        check_layer(config, cfg.layer, name=cfg.model)  # names --layer, which the user gave
     corpus = open_corpus(cfg.corpus)
     token_ids = None  # of the cache to resume, when there is one
     damaged: dict[int, str] = {}  # shards of a complete cache that are missing or broken
@@ -238,7 +266,7 @@ def _start(
         "model_source": lm.source,
         "architecture": type(lm.model).__name__,
         "layer": cfg.layer,
-        "hook": hook_description(cfg.layer),
+        "hook": cfg.hook_point.description,
         "d_model": lm.d_model,
         "n_layers": lm.n_layers,
         "corpus": corpus_name,
@@ -309,7 +337,7 @@ def _run_shards(
         initial=total - remaining,
         unit="tok",
         unit_scale=True,
-        desc=f"harvest layer {cfg.layer}",
+        desc=f"harvest {cfg.hook_point.saelens_name}",
         disable=not progress,
         smoothing=0.1,
     )
@@ -345,12 +373,12 @@ def _shard_activations(
     storage = cache.STORAGE_DTYPES[cfg.dtype]
     parts = []
     for batch in ids.split(cfg.batch_size):  # (b, T)
-        acts = after_position_0(residual_stream(lm, batch, cfg.layer))  # (b, T-1, d)
+        acts = after_position_0(read_hookpoint(lm, batch, cfg.hook_point))  # (b, T-1, d)
         stored = acts.to("cpu", storage)
         if not torch.isfinite(stored).all():
             peak = float(acts.abs().max())
             raise AtlasError(
-                f"activations at layer {cfg.layer} do not fit --dtype {cfg.dtype} "
+                f"activations at {cfg.hook_point.saelens_name} do not fit --dtype {cfg.dtype} "
                 f"(max |x| = {peak:.3g}); use --dtype bfloat16 or float32"
             )
         parts.append(stored)

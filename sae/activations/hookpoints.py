@@ -23,6 +23,7 @@ and raises, so later blocks, the final norm and the unembedding never run.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -201,3 +202,94 @@ def residual_stream(lm: LanguageModel, input_ids: torch.Tensor, layer: int) -> t
 def hook_description(layer: int) -> str:
     """How caches and SAEs record where their activations come from (the residual stream)."""
     return HookPoint(layer, "resid_post").description
+
+
+def recorded_hookpoint(layer: int | None, hook: str) -> HookPoint | None:
+    """Where recorded activations come from, from the `layer` and `hook` a cache, an SAE or an
+    index records: a hook point name (a foreign SAE's), one of our descriptions (`description`),
+    else the residual stream after `layer`; None when neither says."""
+    text = hook.strip()
+    if text:
+        try:
+            return parse_hookpoint(text)
+        except AtlasError:
+            pass
+        if (match := re.search(r"\bblock (\d+)\b", text)) is not None:
+            for site in SITES:
+                candidate = HookPoint(int(match.group(1)), site)
+                if candidate.description == text:
+                    return candidate
+    return HookPoint(layer, "resid_post") if layer is not None else None
+
+
+def same_activation(a: HookPoint, b: HookPoint) -> bool:
+    """Whether two hook points read the same tensor: the residual stream entering block L is
+    the one leaving block L - 1."""
+
+    def canonical(hook: HookPoint) -> HookPoint:
+        if hook.site == "resid_pre" and hook.layer > 0:
+            return HookPoint(hook.layer - 1, "resid_post")
+        return hook
+
+    return canonical(a) == canonical(b)
+
+
+# --- running with an activation replaced -------------------------------------------------------
+
+
+@torch.inference_mode()
+def logits_with(
+    lm: LanguageModel,
+    input_ids: torch.Tensor,
+    *,
+    hook: HookPoint | None = None,
+    replace: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Logits (B, T, vocab) of (B, T) contexts, optionally editing the activation at `hook`.
+
+    With `hook` and `replace`, the activation there is swapped for `replace(activation)` before
+    the rest of the model runs: this is how an SAE's reconstruction is spliced in.
+    """
+    handle = None
+    if hook is not None and replace is not None:
+        check_hookpoint(lm.model.config, hook, name=lm.name)
+        edit = replace
+        module = hook_module(lm.model, hook)
+
+        def before(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            if args:
+                return (edit(args[0]), *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": edit(kwargs["hidden_states"])}
+
+        def after(module: nn.Module, args: Any, output: Any) -> Any:
+            if isinstance(output, tuple):
+                return (edit(output[0]), *output[1:])
+            return edit(output)
+
+        if hook.site == "resid_pre":
+            handle = module.register_forward_pre_hook(before, with_kwargs=True)
+        else:
+            handle = module.register_forward_hook(after)
+    try:
+        return lm.model(input_ids=input_ids.to(lm.device), use_cache=False).logits
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
+def next_token_loss_of(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy from logits (B, T, V) of contexts (B, T)."""
+    ids = input_ids.to(logits.device)
+    return nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
+
+
+@torch.inference_mode()
+def next_token_loss(
+    lm: LanguageModel,
+    input_ids: torch.Tensor,
+    *,
+    hook: HookPoint | None = None,
+    replace: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Mean next-token cross-entropy of (B, T) contexts, optionally editing one activation."""
+    return next_token_loss_of(logits_with(lm, input_ids, hook=hook, replace=replace), input_ids)

@@ -19,7 +19,6 @@ import os
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -221,57 +220,6 @@ def find_blocks(model: Any) -> nn.ModuleList:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
-
-
-# --- running with an SAE spliced in ------------------------------------------------------------
-
-
-@torch.inference_mode()
-def logits_with(
-    lm: LanguageModel,
-    input_ids: torch.Tensor,
-    *,
-    layer: int | None = None,
-    replace: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """Logits (B, T, vocab) of (B, T) contexts, optionally editing one layer.
-
-    With `layer` and `replace`, the output of block `layer` is swapped for `replace(output)`
-    before the rest of the model runs: this is how an SAE's reconstruction is spliced in.
-    """
-    handle = None
-    if layer is not None and replace is not None:
-        edit = replace
-
-        def hook(module: nn.Module, args: Any, output: Any) -> Any:
-            if isinstance(output, tuple):
-                return (edit(output[0]), *output[1:])
-            return edit(output)
-
-        handle = lm.blocks()[layer].register_forward_hook(hook)
-    try:
-        return lm.model(input_ids=input_ids.to(lm.device), use_cache=False).logits
-    finally:
-        if handle is not None:
-            handle.remove()
-
-
-def next_token_loss_of(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy from logits (B, T, V) of contexts (B, T)."""
-    ids = input_ids.to(logits.device)
-    return nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
-
-
-@torch.inference_mode()
-def next_token_loss(
-    lm: LanguageModel,
-    input_ids: torch.Tensor,
-    *,
-    layer: int | None = None,
-    replace: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """Mean next-token cross-entropy of (B, T) contexts, optionally editing one layer."""
-    return next_token_loss_of(logits_with(lm, input_ids, layer=layer, replace=replace), input_ids)
 
 
 def vocab_size(lm: LanguageModel) -> int:

@@ -22,10 +22,14 @@ import torch
 from sae.activations.cache import ActivationCache
 from sae.activations.contexts import Contexts, build_contexts, contexts_needed
 from sae.activations.corpus import Corpus, open_corpus
-from sae.activations.hookpoints import hook_description, residual_stream
+from sae.activations.hookpoints import (
+    HookPoint,
+    check_hookpoint,
+    read_hookpoint,
+    recorded_hookpoint,
+)
 from sae.activations.lm import (
     LanguageModel,
-    check_layer,
     load_config,
     load_lm,
     load_tokenizer,
@@ -42,6 +46,12 @@ class Provenance:
     hook: str
     corpus: str
     activations: str  # the cache folder, or "streamed from the model"
+
+    @property
+    def hook_point(self) -> HookPoint:
+        found = recorded_hookpoint(self.layer, self.hook)
+        assert found is not None  # every source records its layer
+        return found
 
 
 class ActivationSource(Protocol):
@@ -89,7 +99,7 @@ class CacheSource:
         self.provenance = Provenance(
             model=str(manifest["model"]),
             layer=self.cache.layer,
-            hook=str(manifest.get("hook", hook_description(self.cache.layer))),
+            hook=self.cache.hook_point.description,
             corpus=str(manifest.get("corpus", "")),
             activations=str(self.cache.root),
         )
@@ -120,7 +130,7 @@ class CacheSource:
 def open_stream(
     model: str,
     *,
-    layer: int,
+    hook: HookPoint,
     corpus: str,
     tokens: int,
     context_length: int,
@@ -130,11 +140,11 @@ def open_stream(
 ) -> StreamSource:
     """Model `model` on `device` over about `tokens` tokens of `corpus`, cut into contexts.
 
-    The layer is checked against the model's config before any weight is loaded. The corpus is
+    The hook point is checked against the model's config before any weight is loaded. The corpus is
     tokenized in a thread while the weights load: the Rust tokenizer releases the GIL, and
     loading is mostly Python importing the model's code.
     """
-    check_layer(load_config(model), layer, name=model)
+    check_hookpoint(load_config(model), hook, name=model)
     tokenizer = load_tokenizer(model)
     documents = open_corpus(corpus)
     with ThreadPoolExecutor(max_workers=1) as worker:
@@ -149,7 +159,7 @@ def open_stream(
         )
         lm = load_lm(model, device=device, tokenizer=tokenizer)
         return StreamSource(
-            lm, contexts.result(), corpus=documents, layer=layer, chunk_contexts=chunk_contexts
+            lm, contexts.result(), corpus=documents, hook=hook, chunk_contexts=chunk_contexts
         )
 
 
@@ -162,11 +172,11 @@ class StreamSource:
         contexts: Contexts,
         *,
         corpus: Corpus,
-        layer: int,
+        hook: HookPoint,
         chunk_contexts: int = CHUNK_CONTEXTS,
         forward_batch: int = 32,
     ) -> None:
-        self.lm, self.layer, self.forward_batch = lm, layer, forward_batch
+        self.lm, self.hook, self.forward_batch = lm, hook, forward_batch
         self.per_chunk = chunk_contexts
         self.token_ids = contexts.token_ids
         self.n_contexts = len(contexts.token_ids)
@@ -177,8 +187,8 @@ class StreamSource:
         self.excluded_ids = np.zeros(0, np.int64)
         self.provenance = Provenance(
             model=lm.name,
-            layer=layer,
-            hook=hook_description(layer),
+            layer=hook.layer,
+            hook=hook.description,
             corpus=corpus.describe(),
             activations="streamed from the model",
         )
@@ -204,7 +214,7 @@ class StreamSource:
         positions 1.. only; the model runs over `forward_batch` contexts at a time."""
         ids = torch.from_numpy(np.asarray(self.token_ids[rows])).long()  # (C, T)
         parts = [
-            after_position_0(residual_stream(self.lm, batch, self.layer)).float().cpu()
+            after_position_0(read_hookpoint(self.lm, batch, self.hook)).float().cpu()
             for batch in ids.split(self.forward_batch)
         ]
         return torch.cat(parts)  # (C, T-1, d)

@@ -31,14 +31,14 @@ from torch import Tensor
 from sae.activations.cache import ActivationCache
 from sae.activations.contexts import build_contexts
 from sae.activations.corpus import open_corpus
-from sae.activations.lm import (
-    LanguageModel,
-    load_lm,
+from sae.activations.hookpoints import (
+    HookPoint,
     logits_with,
     next_token_loss_of,
-    vocab_size,
-    vocabulary,
+    recorded_hookpoint,
+    same_activation,
 )
+from sae.activations.lm import LanguageModel, load_lm, vocab_size, vocabulary
 from sae.codes import is_firing
 from sae.config import check_field_types
 from sae.errors import AtlasError
@@ -186,13 +186,13 @@ class CleanBatch(NamedTuple):
 
 @torch.no_grad()
 def clean_pass(
-    lm: LanguageModel, token_ids: Tensor, *, layer: int, batch_size: int
+    lm: LanguageModel, token_ids: Tensor, *, hook: HookPoint, batch_size: int
 ) -> list[CleanBatch]:
     """Run the model on held-out contexts (N, T) in batches, keeping what evaluate() reads."""
     batches = []
     for batch in token_ids.split(batch_size):
-        seen: list[Tensor] = []  # the block's output, read on the way through
-        logits = logits_with(lm, batch, layer=layer, replace=_recorder(seen))  # (b, T, V)
+        seen: list[Tensor] = []  # the activation at the hook point, read on the way through
+        logits = logits_with(lm, batch, hook=hook, replace=_recorder(seen))  # (b, T, V)
         batches.append(CleanBatch(batch, seen[0], logits, float(next_token_loss_of(logits, batch))))
     return batches
 
@@ -215,7 +215,7 @@ def evaluate(
     model's own pass (clean_pass). A sweep computes them once and runs one LM forward per SAE
     instead of four.
     """
-    layer, mean = cache.layer, mean_activation(cache).to(lm.device)
+    hook, mean = cache.hook_point, mean_activation(cache).to(lm.device)
     limit = model.cfg.sink_limit
     losses = {"clean": 0.0, "sae": 0.0, "zero": 0.0, "mean": 0.0}
     variants: dict[str, Callable[[Tensor], Tensor]] = {
@@ -227,7 +227,7 @@ def evaluate(
     xs, errs, l0, kl = [], [], 0.0, 0.0
     fired = torch.zeros(model.cfg.n_latents, dtype=torch.bool)
     if clean is None:
-        clean = clean_pass(lm, token_ids, layer=layer, batch_size=batch_size)
+        clean = clean_pass(lm, token_ids, hook=hook, batch_size=batch_size)
     for batch, hidden, clean_logits, clean_loss in clean:
         losses["clean"] += len(batch) * clean_loss
         x = after_position_0(hidden).float().flatten(0, 1)  # (b*(T-1), d)
@@ -239,7 +239,7 @@ def evaluate(
         l0 += float(firing.sum())
         fired[out.top_indices[firing].cpu()] = True
         for name, values in variants.items():
-            logits = logits_with(lm, batch, layer=layer, replace=_splice(values, limit))
+            logits = logits_with(lm, batch, hook=hook, replace=_splice(values, limit))
             losses[name] += len(batch) * float(next_token_loss_of(logits, batch))
             if name == "sae":  # positions 1.. : position 0 is never replaced
                 kl += float(kl_divergence(clean_logits[:, 1:], logits[:, 1:]).mean()) * len(batch)
@@ -317,7 +317,7 @@ class Evaluator:
         limit = model.cfg.sink_limit
         if self.clean is None:
             self.clean = clean_pass(
-                self.lm, self.token_ids, layer=self.cache.layer, batch_size=self.batch_size
+                self.lm, self.token_ids, hook=self.cache.hook_point, batch_size=self.batch_size
             )
             self.hidden = torch.cat([batch.hidden for batch in self.clean])  # (N, T, d)
         result = evaluate(
@@ -348,7 +348,7 @@ class Evaluator:
                 self.lm,
                 self.token_ids,
                 self.hidden,
-                layer=self.cache.layer,
+                hook=self.cache.hook_point,
                 limit=limit,
                 positions=self.quality.ablation_positions,
             ),
@@ -365,15 +365,16 @@ class Quality(NamedTuple):
 
 
 def check_fits(model: SparseAutoencoder, cache: ActivationCache, *, sae: str, acts: str) -> None:
-    """The SAE reads this cache's width and layer, or a clear error naming both."""
+    """The SAE reads this cache's width and hook point, or a clear error naming both."""
     if model.cfg.d_in != cache.d_model:
         raise AtlasError(
             f"SAE {sae} has d_in {model.cfg.d_in}, but cache {acts} holds width {cache.d_model}"
         )
-    if model.cfg.layer is not None and model.cfg.layer != cache.layer:
+    trained = recorded_hookpoint(model.cfg.layer, model.cfg.hook)
+    if trained is not None and not same_activation(trained, cache.hook_point):
         raise AtlasError(
-            f"SAE {sae} was trained at layer {model.cfg.layer}, the cache {acts} is layer "
-            f"{cache.layer}"
+            f"SAE {sae} was trained on {trained.description}, the cache {acts} holds "
+            f"{cache.hook_point.description}"
         )
 
 

@@ -22,8 +22,9 @@ import torch
 from torch import Tensor
 
 from sae.activations.cache import ActivationCache
-from sae.activations.lm import LanguageModel, logits_with
-from sae.codes import fired, is_firing, joined
+from sae.activations.hookpoints import HookPoint, logits_with
+from sae.activations.lm import LanguageModel
+from sae.codes import fired, is_firing, joined, narrowed
 from sae.evaluation.probe import probe_metric
 from sae.explain import TokenSample, explain_latents
 from sae.model import SparseAutoencoder
@@ -77,7 +78,8 @@ def encode_sample(
     for rows in flat.split(batch):
         x = rows.to(model.device, torch.float32)  # (b, d)
         acts, idx = model.encode(x)  # (b, k)
-        parts.append((acts.masked_fill(is_sink(x, limit)[:, None], 0.0).cpu(), idx.cpu()))
+        silenced = acts.masked_fill(is_sink(x, limit)[:, None], 0.0)  # (b, k)
+        parts.append(narrowed(silenced.cpu(), idx.cpu()))  # as wide as a token still firing
     acts_all, idx_all = joined(parts)  # (N, k)
     shape = (*sample.activations.shape[:2], idx_all.shape[-1])
     return Codes(
@@ -138,7 +140,7 @@ def ablation_sparsity(
     token_ids: Tensor,
     hidden: Tensor,
     *,
-    layer: int,
+    hook: HookPoint,
     limit: float,
     positions: int = 4,
     window: int = 4,
@@ -146,9 +148,9 @@ def ablation_sparsity(
     """Mean sparsity of the logit effects of ablating each active latent, over `positions`
     (context, position) pairs of the held-out contexts (N, T). None when nothing was active.
 
-    `hidden` (N, T, d) is the output of block `layer` on those contexts, as the clean pass
+    `hidden` (N, T, d) is the activation at `hook` on those contexts, as the clean pass
     already has it: the model is causal, so a context cut after p + window tokens has the same
-    block output on those tokens, and only the forward of the edited copies is run here."""
+    activation on those tokens, and only the forward of the edited copies is run here."""
     scores: list[Tensor] = []
     length = token_ids.shape[1]
     for q in range(positions):
@@ -163,9 +165,9 @@ def ablation_sparsity(
             continue
         edited = cut.expand(len(deltas) + 1, -1, -1).clone()  # (m+1, L, d)
         edited[1:, p] -= deltas.to(edited.device, edited.dtype)
-        logits = logits_with(
-            lm, ids.expand(len(edited), -1), layer=layer, replace=_constant(edited)
-        )[:, p:].float()  # (m+1, window, V)
+        logits = logits_with(lm, ids.expand(len(edited), -1), hook=hook, replace=_constant(edited))[
+            :, p:
+        ].float()  # (m+1, window, V)
         diff = logits[1:] - logits[:1]  # (m, window, V)
         diff = (diff - diff.mean(-1, keepdim=True)).flatten(1)  # (m, window * V)
         # Rows of one batch can differ by rounding alone; an effect below this is noise and

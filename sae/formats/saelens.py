@@ -284,13 +284,12 @@ def _parameters(sae: SparseAutoencoder) -> tuple[Tensor, Tensor, Tensor, Tensor]
 def saelens_config(cfg: SaeConfig, normalize: str) -> dict[str, Any]:
     """The cfg.json of SAELens's config's to_dict() (TopKSAEConfig, JumpReLUSAEConfig,
     StandardSAEConfig), with what we know of provenance."""
+    from sae.activations.hookpoints import recorded_hookpoint
     from sae.activations.lm import DEFAULT_MODEL, DEFAULT_MODEL_ID
 
     model = DEFAULT_MODEL_ID if cfg.model == DEFAULT_MODEL else cfg.model
-    if cfg.layer is not None:
-        hook = f"blocks.{cfg.layer}.hook_resid_post"  # TransformerLens's name for our layer
-    else:
-        hook = cfg.hook if cfg.hook and not any(c.isspace() for c in cfg.hook) else ""
+    point = recorded_hookpoint(cfg.layer, cfg.hook)
+    hook = point.saelens_name if point is not None else ""  # TransformerLens's name for it
     metadata: dict[str, Any] = {
         "sae_lens_version": SAELENS_LAYOUT_VERSION,
         "sae_lens_training_version": None,

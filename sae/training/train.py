@@ -24,7 +24,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from sae.activations.cache import STORAGE_DTYPES, ActivationCache
-from sae.activations.hookpoints import hook_description
+from sae.activations.hookpoints import HookPoint
 from sae.activations.source import open_stream
 from sae.codes import is_firing
 from sae.config import Activation, Normalize, SaeConfig, check_field_types
@@ -175,7 +175,7 @@ def open_data(cfg: TrainConfig) -> DataSource:
         )
     source = open_stream(
         cfg.model,
-        layer=cfg.layer,
+        hook=HookPoint(cfg.layer, "resid_post"),
         corpus=cfg.corpus,
         tokens=cfg.tokens,
         context_length=cfg.context_length,
@@ -194,7 +194,7 @@ def open_data(cfg: TrainConfig) -> DataSource:
         source.d_model,
         cfg.layer,
         stream.median_norm,
-        {"model": cfg.model, "hook": hook_description(cfg.layer), "corpus": cfg.corpus},
+        {"model": cfg.model, "hook": source.provenance.hook, "corpus": cfg.corpus},
         0,
     )
 
