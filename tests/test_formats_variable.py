@@ -287,3 +287,115 @@ def jumprelu_math_ours(model: SparseAutoencoder, x: Tensor) -> Tensor:
     with torch.no_grad():
         pre = (x - model.b_pre) @ model.W_enc.T + model.b_enc
         return pre.relu() * (pre > model.threshold)
+
+
+# --- dictionary_learning ---------------------------------------------------------------------
+
+
+def write_dictionary(
+    folder: Path, dict_class: str, state: dict[str, Tensor], **trainer: Any
+) -> Path:
+    """A dictionary_learning trainer folder: the state dict as ae.pt, the trainer's config."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(state, folder / "ae.pt")
+    config = {"dict_class": dict_class, "activation_dim": D, "dict_size": N, "layer": 3}
+    config |= {"lm_name": "EleutherAI/pythia-70m-deduped", "submodule_name": "resid_post_layer_3"}
+    (folder / "config.json").write_text(json.dumps({"trainer": config | trainer}))
+    return folder
+
+
+def linear_state(seed: int) -> dict[str, Tensor]:
+    return {
+        "encoder.weight": randn(N, D, seed=seed, scale=D**-0.5),
+        "encoder.bias": randn(N, seed=seed + 1, scale=0.3) - 0.5,
+        "decoder.weight": randn(D, N, seed=seed + 2, scale=0.5),
+    }
+
+
+def test_dictionary_learning_standard_topk_and_batchtopk_match_their_math(tmp_path: Path) -> None:
+    x = activations()
+    s = linear_state(60)
+    bias = randn(D, seed=63)
+    pre = (x - bias) @ s["encoder.weight"].T + s["encoder.bias"]
+    standard = load(write_dictionary(tmp_path / "std", "AutoEncoder", s | {"bias": bias}))
+    torch.testing.assert_close(dense_of(standard, x)[0], pre.relu(), rtol=1e-5, atol=1e-5)
+    topk_state = s | {"b_dec": bias, "k": torch.tensor(4), "threshold": torch.tensor(0.7)}
+    topk = load(write_dictionary(tmp_path / "topk", "AutoEncoderTopK", topk_state, k=4))
+    values, idx = pre.relu().topk(4, dim=-1)  # its encode ignores the threshold by default
+    want = torch.zeros_like(pre).scatter(-1, idx, values)
+    torch.testing.assert_close(dense_of(topk, x)[0], want, rtol=1e-5, atol=1e-5)
+    assert topk.cfg.activation == "topk" and topk.cfg.k == 4
+    batch = load(write_dictionary(tmp_path / "batch", "BatchTopKSAE", topk_state, k=4))
+    want = pre.relu() * (pre.relu() > 0.7)  # at inference: one threshold for every latent
+    code, recon, _ = dense_of(batch, x)
+    torch.testing.assert_close(code, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(recon, want @ s["decoder.weight"].T + bias, rtol=1e-5, atol=1e-4)
+    unset = topk_state | {"threshold": torch.tensor(-1.0)}  # never estimated: every positive
+    never = load(write_dictionary(tmp_path / "never", "BatchTopKSAE", unset, k=4))
+    torch.testing.assert_close(dense_of(never, x)[0], pre.relu(), rtol=1e-5, atol=1e-5)
+    assert batch.cfg.layer == 3 and batch.cfg.hook == "blocks.3.hook_resid_post"
+
+
+def test_dictionary_learning_jumprelu_and_gated_match_their_math(tmp_path: Path) -> None:
+    x = activations()
+    w = weights(seed=70)
+    w["threshold"] = thresholds(w, x)
+    folder = write_dictionary(tmp_path / "jump", "JumpReluAutoEncoder", w)
+    assert detect(folder / "ae.pt") == ("dictionary_learning", folder)
+    pre = x @ w["W_enc"] + w["b_enc"]  # its apply_b_dec_to_input is False
+    want = (pre * (pre > w["threshold"])).relu()
+    torch.testing.assert_close(dense_of(load(folder), x)[0], want, rtol=1e-5, atol=1e-5)
+    gated = {
+        "encoder.weight": randn(N, D, seed=80, scale=D**-0.5),
+        "decoder.weight": randn(D, N, seed=81, scale=0.5),
+        "decoder_bias": randn(D, seed=82),
+        "r_mag": randn(N, seed=83, scale=0.5),
+        "gate_bias": randn(N, seed=84, scale=0.5),
+        "mag_bias": randn(N, seed=85, scale=0.5),
+    }
+    model = load(
+        write_dictionary(tmp_path / "gated", "GatedAutoEncoder", gated, submodule_name="mlp")
+    )
+    x_enc = (x - gated["decoder_bias"]) @ gated["encoder.weight"].T
+    want = (x_enc + gated["gate_bias"] > 0) * (
+        gated["r_mag"].exp() * x_enc + gated["mag_bias"]
+    ).relu()
+    assert 0 < int((want > 0).sum()) < want.numel()
+    torch.testing.assert_close(dense_of(model, x)[0], want, rtol=1e-5, atol=1e-5)
+    assert model.cfg.hook == "blocks.3.hook_mlp_out"
+
+
+@pytest.mark.parametrize(
+    ("case", "match"),
+    [
+        ("unknown_class", r"config\.json: field 'trainer\.dict_class' is 'CrossCoder'"),
+        ("no_trainer", r"config\.json: missing field 'trainer'"),
+        ("missing_tensor", r"ae\.pt: missing tensor 'b_dec'"),
+        ("truncated", r"ae\.pt: unreadable or truncated state dict"),
+        ("code", r"ae\.pt: unreadable or truncated state dict"),
+    ],
+)
+def test_dictionary_learning_errors_name_the_file_and_the_field(
+    tmp_path: Path, case: str, match: str
+) -> None:
+    state = linear_state(90) | {"b_dec": torch.zeros(D), "k": torch.tensor(4)}
+    state |= {"threshold": torch.tensor(-1.0)}
+    folder = write_dictionary(tmp_path / "dl", "AutoEncoderTopK", state)
+    if case == "unknown_class":
+        write_dictionary(folder, "CrossCoder", state)
+    elif case == "no_trainer":
+        (folder / "config.json").write_text(json.dumps({"buffer": {}}))
+    elif case == "missing_tensor":
+        torch.save({k: v for k, v in state.items() if k != "b_dec"}, folder / "ae.pt")
+    elif case == "truncated":
+        data = (folder / "ae.pt").read_bytes()
+        (folder / "ae.pt").write_bytes(data[: len(data) // 2])
+    elif case == "code":  # a pickle that would run code: refused, never executed
+        torch.save({"encoder.weight": Exploit()}, folder / "ae.pt")
+    with pytest.raises(AtlasError, match=match):
+        load(folder)
+
+
+class Exploit:
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (print, ("this must never run",))

@@ -1,8 +1,9 @@
-"""Check our SAE readers and SAELens writer against the real SAELens and sparsify libraries.
+"""Check our SAE readers and SAELens writer against the real SAELens, sparsify and
+dictionary_learning libraries.
 
 Runs in .venv-peers (bench/peers/setup.sh). Each case builds an SAE (TopK, and SAELens's
-JumpReLU, standard, gated, BatchTopK and Matryoshka) with the library's own classes, randomises
-its weights, saves it with the library's own save code, and records the
+JumpReLU, standard, gated, BatchTopK and Matryoshka; dictionary_learning's six classes) with the
+library's own classes, randomises its weights, saves it as the library saves it, and records the
 library's encode/decode of fixed random inputs. Our side (`--ours`, run with the project's
 .venv python, our package on PYTHONPATH) loads every folder with `sae.load` and records ours.
 Codes are compared dense (the value on every latent), reconstructions directly. Last, our
@@ -14,11 +15,13 @@ SAELens exports are loaded with SAELens's own loader and compared the other way 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -212,6 +215,56 @@ def variable_l0_cases(work: Path, metadata: Callable[[str], Any]) -> list[Case]:
     return [Case(name, "sae_lens", "sae", 4) for name in names]
 
 
+def dictionary_learning_cases(work: Path, x: Tensor) -> list[Case]:
+    """dictionary_learning's classes, saved as its trainers save them (ae.pt, config.json).
+
+    The package imports nnsight for its activation buffer, which is not installed here (it pins
+    an old transformers); a stand-in module lets the package import: the dictionary classes
+    used here never touch it."""
+    if importlib.util.find_spec("nnsight") is None:
+        stand_in = types.ModuleType("nnsight")
+        stand_in.LanguageModel = object  # type: ignore[attr-defined]
+        sys.modules["nnsight"] = stand_in
+    from dictionary_learning.dictionary import AutoEncoder, GatedAutoEncoder, JumpReluAutoEncoder
+    from dictionary_learning.trainers.batch_top_k import BatchTopKSAE
+    from dictionary_learning.trainers.matryoshka_batch_top_k import MatryoshkaBatchTopKSAE
+    from dictionary_learning.trainers.top_k import AutoEncoderTopK
+
+    made = {
+        "dl-standard": AutoEncoder(D, N),
+        "dl-topk": AutoEncoderTopK(D, N, K),
+        "dl-batchtopk": BatchTopKSAE(D, N, K),
+        "dl-matryoshka": MatryoshkaBatchTopKSAE(D, N, K, [N // 4, N // 4, N // 2]),
+        "dl-jumprelu": JumpReluAutoEncoder(D, N),
+        "dl-gated": GatedAutoEncoder(D, N),
+    }
+    cases = []
+    for seed, (name, ae) in enumerate(made.items(), start=41):
+        params = dict(ae.named_parameters())
+        randomise(params, seed)
+        with torch.no_grad():
+            for bias in ("encoder.bias", "b_enc", "gate_bias", "mag_bias"):
+                if bias in params:
+                    params[bias].sub_(2.5)  # most latents silent on most tokens
+            if "threshold" in params:
+                params["threshold"].copy_(params["threshold"].abs() * 3 + 0.5)
+            if isinstance(ae, BatchTopKSAE | MatryoshkaBatchTopKSAE):
+                ae.threshold.fill_(1.5)  # what training's estimate would have reached
+        folder = work / name / "trainer_0"
+        folder.mkdir(parents=True)
+        torch.save({k: v.cpu() for k, v in ae.state_dict().items()}, folder / "ae.pt")
+        trainer = {"dict_class": type(ae).__name__, "activation_dim": D, "dict_size": N}
+        trainer |= {"layer": 3, "lm_name": "EleutherAI/pythia-70m-deduped"}
+        trainer |= {"submodule_name": "resid_post_layer_3"}
+        (folder / "config.json").write_text(json.dumps({"trainer": trainer}))
+        with torch.no_grad():
+            code = ae.encode(x)  # (B, n) dense
+            recon = ae.decode(code)
+        torch.save({"code": code, "recon": recon}, work / name / "expected.pt")
+        cases.append(Case(name, "dictionary_learning", "trainer_0", 3))
+    return cases
+
+
 def sparsify_cases(work: Path, x: Tensor) -> list[Case]:
     from sparsify import SparseCoder, SparseCoderConfig
 
@@ -312,7 +365,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 def main_peers(work: Path) -> int:
     x = inputs()
     torch.save({"x": x}, work / "inputs.pt")
-    cases = saelens_cases(work, x) + sparsify_cases(work, x)
+    cases = saelens_cases(work, x) + sparsify_cases(work, x) + dictionary_learning_cases(work, x)
     (work / "cases.json").write_text(json.dumps([c._asdict() for c in cases]))
     run_ours(work)
     rows = [judge(case, work) for case in cases] + check_exports(work, x)

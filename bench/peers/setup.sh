@@ -19,12 +19,14 @@ PYTHON="${PYTHON:-python3}"
 TORCH_VERSION="2.13.0"
 SAELENS_VERSION="6.54.12"
 SPARSIFY_VERSION="1.3.3"
+DICTIONARY_LEARNING_VERSION="0.1.0"
 DASHBOARD_VERSION="0.8.0"
 TRANSFORMER_LENS_VERSION="2.17.0"  # the newest below 3.0, SAEDashboard 0.8.0's cap
 TRANSFORMERS_VERSION="4.56.2"      # the newest below 4.57, SAEDashboard 0.8.0's cap
 # transformer-lens 2.x holds numpy below 2 on Python 3.11; pyarrow 26 refuses numpy 1 at import.
 PYARROW_VERSION="25.0.1"
 WANT="torch==$TORCH_VERSION sae-lens==$SAELENS_VERSION eai-sparsify==$SPARSIFY_VERSION"
+WANT="$WANT dictionary-learning==$DICTIONARY_LEARNING_VERSION"
 DASHBOARD_WANT="sae-dashboard==$DASHBOARD_VERSION transformer-lens==$TRANSFORMER_LENS_VERSION"
 DASHBOARD_WANT="$DASHBOARD_WANT transformers==$TRANSFORMERS_VERSION pyarrow==$PYARROW_VERSION"
 MARKER="$VENV/.peers-installed"
@@ -73,6 +75,11 @@ install_base() {
   # Our own package's runtime needs for `sae.formats`, so check_formats.py can import it from the
   # working tree (PYTHONPATH) in this same venv as well as through the project's .venv.
   pip_install -c "$CONSTRAINTS" safetensors numpy
+  # dictionary_learning's SAE classes need torch and einops alone; its declared requirements
+  # (nnsight, wandb, umap, plotly, ...) serve its training loop, which nothing here runs.
+  echo "peers: installing dictionary-learning==$DICTIONARY_LEARNING_VERSION (without its extras)"
+  pip_install --no-deps "dictionary-learning==$DICTIONARY_LEARNING_VERSION"
+  pip_install -c "$CONSTRAINTS" einops
   "$VENV/bin/python" - <<'PY'
 import sae_lens, sparsify, torch
 print(f"peers: torch {torch.__version__}, sae_lens {sae_lens.__version__}, sparsify imports")

@@ -1,5 +1,5 @@
-"""Reading and writing SAE files: ours, SAELens, sparsify, OpenAI and Gemma Scope releases
-(DESIGN.md §6).
+"""Reading and writing SAE files: ours, SAELens, sparsify, dictionary_learning, OpenAI and Gemma
+Scope releases (DESIGN.md §6).
 
 Ours is a folder with `cfg.json` (every hyperparameter and the provenance) and
 `sae.safetensors` (W_enc, b_enc, W_dec, b_pre; decoder rows are latents). Every foreign reader
@@ -29,6 +29,11 @@ from sae.formats.common import (
     layer_of_hook,
     read_json,
 )
+from sae.formats.dictionary_learning import (
+    DICTIONARY_CONFIG,
+    DICTIONARY_WEIGHTS,
+    load_dictionary_learning,
+)
 from sae.formats.gemmascope import GEMMASCOPE_WEIGHTS, load_gemmascope
 from sae.formats.openai import load_openai
 from sae.formats.ours import load_ours, ours_or_sparsify
@@ -45,6 +50,7 @@ __all__ = [
     "detect",
     "layer_of_hook",
     "load",
+    "load_dictionary_learning",
     "load_gemmascope",
     "load_openai",
     "load_ours",
@@ -80,6 +86,7 @@ def load(
         "sparsify": load_sparsify,
         "openai": load_openai,
         "gemmascope": load_gemmascope,
+        "dictionary_learning": load_dictionary_learning,
     }
     return readers[from_format](target, device=device)
 
@@ -87,13 +94,16 @@ def load(
 def detect(path: Path) -> tuple[Format, Path]:
     """Which format `path` holds, and the folder or file its reader should be given."""
     if path.is_file():
+        if path.name == DICTIONARY_WEIGHTS and (path.parent / DICTIONARY_CONFIG).is_file():
+            return "dictionary_learning", path.parent
         if path.suffix in OPENAI_SUFFIXES:
             return "openai", path
         if path.suffix == ".npz":
             return "gemmascope", path
         if path.name not in (CONFIG, WEIGHTS, SAELENS_WEIGHTS):
             raise AtlasError(
-                f"SAE {path}: a file that is not an OpenAI .pt state dict or a Gemma Scope .npz"
+                f"SAE {path}: a file that is not an OpenAI .pt state dict, a Gemma Scope .npz "
+                f"or a dictionary_learning ae.pt"
             )
         path = path.parent  # a file inside an SAE folder stands for the folder
     if (path / CONFIG).is_file() and (path / SAELENS_WEIGHTS).is_file():
@@ -102,6 +112,8 @@ def detect(path: Path) -> tuple[Format, Path]:
         return ours_or_sparsify(path), path
     if (path / GEMMASCOPE_WEIGHTS).is_file():
         return "gemmascope", path
+    if (path / DICTIONARY_WEIGHTS).is_file() and (path / DICTIONARY_CONFIG).is_file():
+        return "dictionary_learning", path
     hookpoints = sparsify_hookpoints(path)
     if len(hookpoints) == 1:
         return "sparsify", hookpoints[0]
@@ -113,7 +125,8 @@ def detect(path: Path) -> tuple[Format, Path]:
     raise AtlasError(
         f"SAE {path}: not a format we can read (found {shown}). Expected cfg.json with "
         f"sae.safetensors (ours, sparsify) or sae_weights.safetensors (SAELens), a sparsify "
-        f"run folder with one hookpoint, an OpenAI .pt state dict or a Gemma Scope params.npz"
+        f"run folder with one hookpoint, an OpenAI .pt state dict, a Gemma Scope params.npz or a "
+        f"dictionary_learning ae.pt with its config.json"
     )
 
 

@@ -16,7 +16,7 @@ from sae.config import SaeConfig
 from sae.errors import AtlasError
 from sae.model import SparseAutoencoder
 
-Format = Literal["ours", "saelens", "sparsify", "openai", "gemmascope"]
+Format = Literal["ours", "saelens", "sparsify", "openai", "gemmascope", "dictionary_learning"]
 FORMATS: tuple[str, ...] = get_args(Format)
 ExportFormat = Literal["ours", "saelens"]
 
