@@ -84,8 +84,8 @@ def in_child(sae_path: str, acts: str, tokens: int) -> dict[str, float]:
     command = [
         sys.executable,
         __file__,
-        "--child",
-        sae_path,
+        f"--child={sae_path}",
+        f"--sae={sae_path}",
         f"--acts={acts}",
         f"--tokens={tokens}",
     ]

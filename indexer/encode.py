@@ -44,17 +44,18 @@ def encode_chunk(
     """
     n_ctx, positions, d = activations.shape
     x = activations.reshape(-1, d)  # (M, d)
+    valid = ~torch.from_numpy(np.isin(token_ids[:, 1:], excluded_ids)).reshape(-1)  # (M,)
     parts, sinks = [], []
     batch_tokens = min(batch_tokens, max(1, ENCODE_CELLS // sae.cfg.n_latents))
     for start in range(0, len(x), batch_tokens):
         batch = x[start : start + batch_tokens].to(sae.device, torch.float32)  # (b, d)
-        acts, indices = sae.encode(batch)  # (b, k); without a fixed k, as wide as it needs
-        parts.append((acts.cpu(), indices.cpu()))
-        sinks.append(is_sink(batch, sink_limit).cpu())
+        sink = is_sink(batch, sink_limit)  # (b,)
+        skipped = sink | ~valid[start : start + len(batch)].to(sink.device)
+        acts, indices = sae.encode(batch, silent=skipped)  # (b, k): without a fixed k, as
+        parts.append((acts.cpu(), indices.cpu()))  # wide as its busiest token still firing
+        sinks.append(sink.cpu())
     top_acts, top_indices = joined(parts)  # (M, k)
     sink = torch.cat(sinks)  # (M,)
-    valid = ~torch.from_numpy(np.isin(token_ids[:, 1:], excluded_ids)).reshape(-1)  # (M,)
-    top_acts[~valid | sink] = 0.0
     chunk = Chunk(
         first_context=first_context,
         token_ids=np.asarray(token_ids, np.int64),

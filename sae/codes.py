@@ -46,15 +46,22 @@ def fired(activations: np.ndarray, indices: np.ndarray) -> Fired:
     return Fired(token.astype(np.int64), latent, acts[token, slot])
 
 
-def narrowed(activations: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
+def narrowed(
+    activations: Tensor, indices: Tensor, *, silent: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """Codes (..., m) cut to as many slots as the busiest token fires (at least one), every
-    firing slot kept: dense codes of an SAE without a fixed k become sparse ones."""
-    busiest = int(is_firing(activations).sum(-1).max()) if activations.numel() else 0
-    width = max(busiest, 1)
-    if width >= activations.shape[-1]:
-        return activations, indices
-    values, order = activations.topk(width, dim=-1)  # the firing slots, then silent ones
-    return values, indices.gather(-1, order)
+    firing slot kept: dense codes of an SAE without a fixed k become sparse ones. Tokens where
+    `silent` (...,) is true keep no code and do not count as the busiest."""
+    counts = is_firing(activations).sum(-1)  # (...,)
+    if silent is not None:
+        counts = counts.masked_fill(silent, 0)
+    width = max(int(counts.max()) if counts.numel() else 0, 1)
+    if width < activations.shape[-1]:
+        activations, order = activations.topk(width, dim=-1)  # the firing slots, then silent
+        indices = indices.gather(-1, order)
+    if silent is not None:
+        activations = activations.masked_fill(silent[..., None], 0.0)
+    return activations, indices
 
 
 def joined(parts: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:

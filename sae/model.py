@@ -165,14 +165,19 @@ class SparseAutoencoder(nn.Module):
 
     # --- the public API ----------------------------------------------------------------------
 
-    def encode(self, x: Tensor) -> EncoderOutput:
+    def encode(self, x: Tensor, *, silent: Tensor | None = None) -> EncoderOutput:
         """Raw model activations (..., d) → the k active latents (..., k); without a fixed k
-        (relu, jumprelu), as many slots as the busiest token of `x` fires, the rest silent."""
+        (relu, jumprelu), as many slots as the busiest token of `x` fires, the rest silent.
+        Tokens where `silent` (...,) is true get no code (every activation 0) and, without a
+        fixed k, do not widen the others' (an attention sink can fire thousands)."""
         normalised, _ = self.normalize(x.to(self.W_enc.dtype))
-        codes = self._encode_normalised(normalised, self.cfg.k)
-        if self.cfg.activation in VARIABLE_L0:
-            return EncoderOutput(*narrowed(*codes))
-        return codes
+        acts, indices = self._encode_normalised(normalised, self.cfg.k)
+        quiet = None if silent is None else silent.to(acts.device)
+        if self.cfg.activation in VARIABLE_L0:  # silenced after the cut: no pass over (..., n)
+            return EncoderOutput(*narrowed(acts, indices, silent=quiet))
+        if quiet is not None:
+            acts = acts.masked_fill(quiet[..., None], 0.0)
+        return EncoderOutput(acts, indices)
 
     def decode(
         self, top_acts: Tensor, top_indices: Tensor, *, stats: tuple[Tensor, Tensor] | None = None
@@ -218,9 +223,11 @@ class SparseAutoencoder(nn.Module):
         """Normalised inputs (..., d) → codes; `fold=False` leaves b_pre out (init only)."""
         bias = self._folded_bias() if fold else self.b_enc
         if self.cfg.activation in VARIABLE_L0:  # every latent that fires, densely: (..., n)
-            acts = (xn @ self.W_enc.T + bias).relu()
-            if self.cfg.activation == "jumprelu":
-                acts = acts * (acts > self.threshold)
+            pre = xn @ self.W_enc.T + bias
+            if self.cfg.activation == "jumprelu":  # ReLU(h) 1[h > t] is h where h > max(t, 0)
+                acts = torch.where(pre > self.threshold.clamp_min(0), pre, 0.0)
+            else:
+                acts = pre.relu_()
             return EncoderOutput(
                 acts, torch.arange(acts.shape[-1], device=acts.device).expand_as(acts)
             )

@@ -399,3 +399,20 @@ def test_dictionary_learning_errors_name_the_file_and_the_field(
 class Exploit:
     def __reduce__(self) -> tuple[Any, ...]:
         return (print, ("this must never run",))
+
+
+def test_silenced_tokens_get_no_code_and_do_not_widen_the_others() -> None:
+    model = jumprelu_sae()
+    x = activations()
+    with torch.no_grad():  # a token along every encoder row at once: nearly all latents fire
+        x[0] = model.b_pre + 10 * model.W_enc.sum(0)
+    fires = (jumprelu_math_ours(model, x) > 0).sum(-1)
+    assert int(fires[0]) > int(fires[1:].max())
+    silent = torch.zeros(len(x), dtype=torch.bool)
+    silent[0] = True
+    acts, idx = model.encode(x, silent=silent)
+    assert acts.shape == idx.shape == (len(x), int(fires[1:].max()))
+    assert not acts[0].any() and ((acts[1:] > 0).sum(-1) == fires[1:]).all()
+    topk = SparseAutoencoder(SaeConfig(d_in=D, n_latents=N, k=4, normalize="none"))
+    topk_acts, _ = topk.encode(x, silent=silent)
+    assert topk_acts.shape == (len(x), 4) and not topk_acts[0].any() and topk_acts[1:].any()

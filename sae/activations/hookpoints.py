@@ -29,6 +29,7 @@ from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from sae.activations.lm import LanguageModel, find_blocks
 from sae.errors import AtlasError
@@ -154,9 +155,31 @@ def _first_tensor(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
-def _hidden_states_in(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
-    # Every family we know passes the residual stream first, positionally; allow the keyword.
-    return args[0] if args else kwargs["hidden_states"]
+def _visit(
+    lm: LanguageModel, hook: HookPoint, visit: Callable[[torch.Tensor], torch.Tensor | None]
+) -> RemovableHandle:
+    """Call `visit` with the activation at `hook` in every forward until the handle is removed;
+    a tensor it returns replaces the activation for the rest of the model."""
+    check_hookpoint(lm.model.config, hook, name=lm.name)
+    module = hook_module(lm.model, hook)
+    if hook.site == "resid_pre":  # the block's input: every family passes it first, or by name
+
+        def before(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            if args:
+                new = visit(args[0])
+                return None if new is None else ((new, *args[1:]), kwargs)
+            new = visit(kwargs["hidden_states"])
+            return None if new is None else (args, {**kwargs, "hidden_states": new})
+
+        return module.register_forward_pre_hook(before, with_kwargs=True)
+
+    def after(module: nn.Module, args: Any, output: Any) -> Any:
+        new = visit(_first_tensor(output))
+        if new is None:
+            return None
+        return (new, *output[1:]) if isinstance(output, tuple) else new
+
+    return module.register_forward_hook(after)
 
 
 @torch.inference_mode()
@@ -166,22 +189,13 @@ def read_hookpoint(lm: LanguageModel, input_ids: torch.Tensor, hook: HookPoint) 
     Runs the model only until the activation exists: through block `layer - 1` for
     `resid_pre`, into block `layer` for `attn_out` and `mlp_out`, through it for `resid_post`.
     """
-    check_hookpoint(lm.model.config, hook, name=lm.name)
-    module = hook_module(lm.model, hook)
     captured: list[torch.Tensor] = []
 
-    def before(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        captured.append(_hidden_states_in(args, kwargs))
+    def keep(activation: torch.Tensor) -> None:
+        captured.append(activation)
         raise _StopForward
 
-    def after(module: nn.Module, args: Any, output: Any) -> None:
-        captured.append(_first_tensor(output))
-        raise _StopForward
-
-    if hook.site == "resid_pre":
-        handle = module.register_forward_pre_hook(before, with_kwargs=True)
-    else:
-        handle = module.register_forward_hook(after)
+    handle = _visit(lm, hook, keep)
     try:
         lm.model(input_ids=input_ids.to(lm.device), use_cache=False)
     except _StopForward:
@@ -250,26 +264,7 @@ def logits_with(
     With `hook` and `replace`, the activation there is swapped for `replace(activation)` before
     the rest of the model runs: this is how an SAE's reconstruction is spliced in.
     """
-    handle = None
-    if hook is not None and replace is not None:
-        check_hookpoint(lm.model.config, hook, name=lm.name)
-        edit = replace
-        module = hook_module(lm.model, hook)
-
-        def before(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            if args:
-                return (edit(args[0]), *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": edit(kwargs["hidden_states"])}
-
-        def after(module: nn.Module, args: Any, output: Any) -> Any:
-            if isinstance(output, tuple):
-                return (edit(output[0]), *output[1:])
-            return edit(output)
-
-        if hook.site == "resid_pre":
-            handle = module.register_forward_pre_hook(before, with_kwargs=True)
-        else:
-            handle = module.register_forward_hook(after)
+    handle = _visit(lm, hook, replace) if hook is not None and replace is not None else None
     try:
         return lm.model(input_ids=input_ids.to(lm.device), use_cache=False).logits
     finally:
