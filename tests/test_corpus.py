@@ -159,11 +159,12 @@ def test_a_backend_set_to_truncate_falls_back_to_the_full_encoding(
 
 def test_a_stream_holds_the_contexts_of_its_corpus(tiny_model_dir: Path, text_corpus: Path) -> None:
     """open_stream tokenizes while the model loads: the contexts are build_contexts' own."""
+    from sae.activations.hookpoints import HookPoint
     from sae.activations.source import open_stream
 
     source = open_stream(
         str(tiny_model_dir),
-        layer=1,
+        hook=HookPoint(1, "resid_post"),
         corpus=str(text_corpus),
         tokens=300,
         context_length=17,

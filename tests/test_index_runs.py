@@ -148,7 +148,11 @@ def test_bad_inputs_get_clear_errors_and_write_nothing(
 ) -> None:
     out = tmp_path / "index.duckdb"
     cases = [
-        (config(other_sae(tmp_path / "layer3", layer=3), tiny_cache, out), "trained on layer 3"),
+        (
+            config(other_sae(tmp_path / "layer3", layer=3), tiny_cache, out),
+            "trained on the residual stream after block 3 .* holds the residual stream after "
+            "block 2",
+        ),
         (config(other_sae(tmp_path / "wide", d_in=48), tiny_cache, out), "48-wide"),
         (config(tiny_sae, tmp_path / "nowhere", out), "not an activation cache"),
         (config(tiny_sae, tiny_cache, tmp_path), "is a folder"),

@@ -125,7 +125,7 @@ def test_shared_clean_pass_and_ablation_losses_equal_computing_them_per_run(
         cache,
         token_ids,
         ablations=(full.loss_zero_ablation, full.loss_mean_ablation),
-        clean=clean_pass(lm, token_ids, layer=cache.layer, batch_size=16),
+        clean=clean_pass(lm, token_ids, hook=cache.hook_point, batch_size=16),
     )
     assert shared == full
 
