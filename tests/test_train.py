@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -306,3 +307,19 @@ def test_a_streamed_epoch_is_the_sources_activations_without_its_sinks(
 def test_streaming_needs_a_token_count(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="tokens must be given"):
         TrainConfig(out=str(tmp_path / "x"))
+
+
+def test_training_streams_another_hook_point_and_records_it(
+    tmp_path: Path, tiny_model_dir: Path, text_corpus: Path
+) -> None:
+    run = stream_run(tiny_model_dir, text_corpus, tmp_path / "mlp", hook="blocks.1.hook_mlp_out")
+    assert run.layer == 1 and run.hook_point.site == "mlp_out"
+    model = train(dataclasses.replace(run, tokens=128 * 4))
+    assert model.cfg.hook == "MLP output of block 1" and model.cfg.layer == 1
+    with pytest.raises(ValueError, match=r"unknown hook point 'blocks\.1\.mlp'"):
+        stream_run(tiny_model_dir, text_corpus, tmp_path / "bad", hook="blocks.1.mlp")
+
+
+def test_jumprelu_saes_are_read_not_trained(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="activation"):
+        TrainConfig(out=str(tmp_path / "j"), acts="x", activation="jumprelu")  # type: ignore[arg-type]

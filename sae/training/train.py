@@ -17,17 +17,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
 from sae.activations.cache import STORAGE_DTYPES, ActivationCache
-from sae.activations.hookpoints import HookPoint
+from sae.activations.hookpoints import HookPoint, parse_hookpoint
 from sae.activations.source import open_stream
 from sae.codes import is_firing
-from sae.config import Activation, Normalize, SaeConfig, check_field_types
+from sae.config import Normalize, SaeConfig, check_field_types
 from sae.distributed import rank_and_world
 from sae.errors import AtlasError
 from sae.model import ForwardOutput, SparseAutoencoder, check_finite, default_learning_rate
@@ -48,6 +48,9 @@ from sae.version import VERSION
 log = logging.getLogger(__name__)
 
 
+Trainable = Literal["topk", "relu"]  # what `sae train` fits; JumpReLU SAEs are read only
+
+
 @dataclass
 class TrainConfig:
     """Settings of one training run. Field help texts become `sae train --help`."""
@@ -63,6 +66,13 @@ class TrainConfig:
     model: str = field(default="default", metadata={"help": "model to stream from (no --acts)"})
     corpus: str = field(default="pydocs", metadata={"help": "corpus to stream (no --acts)"})
     layer: int = field(default=15, metadata={"help": "layer to stream (no --acts)"})
+    hook: str = field(
+        default="",
+        metadata={
+            "help": "hook point to stream instead (no --acts), by its SAELens or sparsify name; "
+            "its block replaces --layer"
+        },
+    )
     context_length: int = field(default=64, metadata={"help": "tokens per context (no --acts)"})
     latents: int = field(default=4608, metadata={"help": "number of latents n"})
     k: int = field(default=32, metadata={"help": "active latents per token"})
@@ -72,7 +82,7 @@ class TrainConfig:
     )
     lr: float = field(default=0.0, metadata={"help": "learning rate; 0 means 2e-4/sqrt(n/2^14)"})
     warmup_steps: int = field(default=50, metadata={"help": "linear learning-rate warm-up"})
-    activation: Activation = field(
+    activation: Trainable = field(
         default="topk",
         metadata={"help": "topk (the paper's SAE) or relu (the ReLU + L1 baseline; k unused)"},
     )
@@ -126,6 +136,15 @@ class TrainConfig:
             raise ValueError("l1_coef applies to relu SAEs only; a topk SAE is sparse by k")
         if not self.acts and self.tokens <= 0:
             raise ValueError("tokens must be given when training without --acts (streaming)")
+        if self.hook:
+            try:
+                self.layer = parse_hookpoint(self.hook).layer
+            except AtlasError as exc:
+                raise ValueError(str(exc)) from None
+
+    @property
+    def hook_point(self) -> HookPoint:
+        return parse_hookpoint(self.hook) if self.hook else HookPoint(self.layer, "resid_post")
 
 
 @dataclass
@@ -175,7 +194,7 @@ def open_data(cfg: TrainConfig) -> DataSource:
         )
     source = open_stream(
         cfg.model,
-        hook=HookPoint(cfg.layer, "resid_post"),
+        hook=cfg.hook_point,
         corpus=cfg.corpus,
         tokens=cfg.tokens,
         context_length=cfg.context_length,
