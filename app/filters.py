@@ -39,13 +39,9 @@ def density(value: float | None) -> str:
     return f"{value:.2e}" if 0 < value < 1e-3 else f"{100 * value:.3g}%"
 
 
-def shade(activation: float, maximum: float | None) -> str:
-    """The highlight class of a token: its activation as a share of the latent's maximum."""
-    return shader(maximum)(activation)
-
-
 def shader(maximum: float | None) -> Callable[[float], str]:
-    """`shade` for one latent's maximum: a page shades hundreds of tokens against the same one."""
+    """The highlight class of a token, its activation as a share of the latent's maximum, for
+    one latent's maximum: a page shades hundreds of tokens against the same one."""
     if not maximum or maximum <= 0:
         return lambda activation: "act-0"
     scale = SHADES / maximum
@@ -228,7 +224,6 @@ FILTERS = {
     "number": number,
     "percent": percent,
     "density": density,
-    "shade": shade,
     "token": token,
     "example_list": example_list,
     "label": label,

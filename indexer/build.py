@@ -43,9 +43,9 @@ from indexer.shards import (
 from indexer.store import write_index
 from sae.activations.hookpoints import (
     HookPoint,
-    parse_hookpoint,
+    check_trained_on,
+    chosen_hookpoint,
     recorded_hookpoint,
-    same_activation,
 )
 from sae.activations.lm import LanguageModel, load_config, load_lm
 from sae.activations.source import ActivationSource, CacheSource, open_stream
@@ -228,11 +228,7 @@ def _open_source(
             f"d_model {source.d_model}"
         )
     trained = recorded_hookpoint(model.cfg.layer, model.cfg.hook)
-    if trained is not None and not same_activation(trained, hook):
-        raise AtlasError(
-            f"SAE {cfg.sae} was trained on the {trained.description} but {what} holds the "
-            f"{hook.description}"
-        )
+    check_trained_on(trained, hook, sae=cfg.sae, where=what)
     if len(source.token_ids) == 0:
         raise AtlasError(f"{what}: no contexts to index")
     return source, lm
@@ -240,10 +236,8 @@ def _open_source(
 
 def _wanted_hookpoint(cfg: BuildConfig, model: SparseAutoencoder) -> HookPoint | None:
     """Where to read the model without --acts: --hook, else --layer, else the SAE's own."""
-    if cfg.hook:
-        return parse_hookpoint(cfg.hook)
-    if cfg.layer is not None:
-        return HookPoint(cfg.layer, "resid_post")
+    if cfg.hook or cfg.layer is not None:
+        return chosen_hookpoint(cfg.hook, cfg.layer or 0)
     return recorded_hookpoint(model.cfg.layer, model.cfg.hook)
 
 

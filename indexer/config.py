@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from indexer.shards import parse_shard
+from sae.activations.hookpoints import chosen_hookpoint
 from sae.config import check_field_types
 
 
@@ -114,6 +115,8 @@ class BuildConfig:
 
     def __post_init__(self) -> None:
         check_field_types(self)
+        if self.hook:
+            chosen_hookpoint(self.hook, 0)  # a name that is no hook point: the ValueError now
         positive = (
             "top_examples",
             "quantile_bands",

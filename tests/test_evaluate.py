@@ -152,8 +152,8 @@ def test_eval_refuses_an_sae_of_another_layer(tmp_path: Path, tiny_cache: Path) 
     model.save(tmp_path / "sae")
     with pytest.raises(
         AtlasError,
-        match=r"trained on residual stream after block 3 .*, the cache .* holds residual stream "
-        r"after block 2",
+        match=r"trained on the residual stream after block 3 .*, but the cache .* holds the "
+        r"residual stream after block 2",
     ):
         run_eval(EvalConfig(sae=str(tmp_path / "sae"), acts=str(tiny_cache)))
 

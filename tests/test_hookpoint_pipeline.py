@@ -91,7 +91,7 @@ def test_the_index_streams_the_same_hook_point_and_refuses_another(
         assert connection.execute("SELECT layer, hook FROM build").fetchall() == [
             (15, "MLP output of block 15")
         ]
-    with pytest.raises(AtlasError, match="trained on the MLP output of block 15 but model"):
+    with pytest.raises(AtlasError, match="trained on the MLP output of block 15, but model"):
         build(
             BuildConfig(sae=str(mlp_run["sae"]), out=str(tmp_path / "x.duckdb"), layer=15),
             progress=False,
@@ -135,3 +135,10 @@ def test_live_text_reads_the_mlp_output(mlp_client: Any, default_lm: LanguageMod
         checked += 1
     assert checked > 5
     assert mlp_client.get("/latents/0").status_code == 200
+
+
+def test_a_build_with_a_name_that_is_no_hook_point_is_refused_before_any_work(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ValueError, match=r"unknown hook point 'blocks\.15\.mlp'"):
+        BuildConfig(sae="s", out=str(tmp_path / "i.duckdb"), hook="blocks.15.mlp")

@@ -19,7 +19,6 @@ from sae.activations.hookpoints import (
     SITES,
     HookPoint,
     check_hookpoint,
-    hook_description,
     hook_module,
     parse_hookpoint,
     read_hookpoint,
@@ -339,7 +338,6 @@ def test_sparsify_names_of_the_real_model_hook_the_same_modules(tiny: Tiny) -> N
 
 
 def test_descriptions_say_where_the_activation_is() -> None:
-    assert HookPoint(15, "resid_post").description == hook_description(15)
     assert HookPoint(15, "resid_post").description == (
         "residual stream after block 15 (hidden_states[16])"
     )

@@ -25,7 +25,7 @@ from sae.activations.corpus import open_corpus
 from sae.activations.hookpoints import (
     HookPoint,
     check_hookpoint,
-    parse_hookpoint,
+    chosen_hookpoint,
     read_hookpoint,
 )
 from sae.activations.lm import (
@@ -102,15 +102,11 @@ class HarvestConfig:
             raise ValueError(f"context_length must be at least 2, got {self.context_length}")
         if self.layer < 0:
             raise ValueError(f"layer must be >= 0, got {self.layer}")
-        if self.hook:
-            try:
-                self.layer = parse_hookpoint(self.hook).layer
-            except AtlasError as exc:
-                raise ValueError(str(exc)) from None
+        self.layer = self.hook_point.layer  # --hook names its block
 
     @property
     def hook_point(self) -> HookPoint:
-        return parse_hookpoint(self.hook) if self.hook else HookPoint(self.layer, "resid_post")
+        return chosen_hookpoint(self.hook, self.layer)
 
     def settings(self) -> dict[str, Any]:
         """What determines the cache's content: a rerun with equal settings resumes."""

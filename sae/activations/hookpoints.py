@@ -213,11 +213,6 @@ def residual_stream(lm: LanguageModel, input_ids: torch.Tensor, layer: int) -> t
     return read_hookpoint(lm, input_ids, HookPoint(layer, "resid_post"))
 
 
-def hook_description(layer: int) -> str:
-    """How caches and SAEs record where their activations come from (the residual stream)."""
-    return HookPoint(layer, "resid_post").description
-
-
 def recorded_hookpoint(layer: int | None, hook: str) -> HookPoint | None:
     """Where recorded activations come from, from the `layer` and `hook` a cache, an SAE or an
     index records: a hook point name (a foreign SAE's), one of our descriptions (`description`),
@@ -234,6 +229,27 @@ def recorded_hookpoint(layer: int | None, hook: str) -> HookPoint | None:
                 if candidate.description == text:
                     return candidate
     return HookPoint(layer, "resid_post") if layer is not None else None
+
+
+def chosen_hookpoint(hook: str, layer: int) -> HookPoint:
+    """What a command's --hook and --layer name: --hook when given (a ValueError naming it when
+    it is no hook point: the configs' own check), else the residual stream after --layer."""
+    if not hook:
+        return HookPoint(layer, "resid_post")
+    try:
+        return parse_hookpoint(hook)
+    except AtlasError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def check_trained_on(trained: HookPoint | None, read: HookPoint, *, sae: str, where: str) -> None:
+    """An SAE is given the activations it was trained on (when it records where), or a clear
+    error naming both places."""
+    if trained is not None and not same_activation(trained, read):
+        raise AtlasError(
+            f"SAE {sae} was trained on the {trained.description}, but {where} holds the "
+            f"{read.description}"
+        )
 
 
 def same_activation(a: HookPoint, b: HookPoint) -> bool:

@@ -33,10 +33,10 @@ from sae.activations.contexts import build_contexts
 from sae.activations.corpus import open_corpus
 from sae.activations.hookpoints import (
     HookPoint,
+    check_trained_on,
     logits_with,
     next_token_loss_of,
     recorded_hookpoint,
-    same_activation,
 )
 from sae.activations.lm import LanguageModel, load_lm, vocab_size, vocabulary
 from sae.codes import is_firing
@@ -371,11 +371,7 @@ def check_fits(model: SparseAutoencoder, cache: ActivationCache, *, sae: str, ac
             f"SAE {sae} has d_in {model.cfg.d_in}, but cache {acts} holds width {cache.d_model}"
         )
     trained = recorded_hookpoint(model.cfg.layer, model.cfg.hook)
-    if trained is not None and not same_activation(trained, cache.hook_point):
-        raise AtlasError(
-            f"SAE {sae} was trained on {trained.description}, the cache {acts} holds "
-            f"{cache.hook_point.description}"
-        )
+    check_trained_on(trained, cache.hook_point, sae=sae, where=f"the cache {acts}")
 
 
 def run_eval(cfg: EvalConfig) -> EvalResult:

@@ -24,7 +24,7 @@ from torch import Tensor
 from sae.activations.cache import ActivationCache
 from sae.activations.hookpoints import HookPoint, logits_with
 from sae.activations.lm import LanguageModel
-from sae.codes import fired, is_firing, joined, narrowed
+from sae.codes import fired, is_firing, joined
 from sae.evaluation.probe import probe_metric
 from sae.explain import TokenSample, explain_latents
 from sae.model import SparseAutoencoder
@@ -77,9 +77,8 @@ def encode_sample(
     parts = []
     for rows in flat.split(batch):
         x = rows.to(model.device, torch.float32)  # (b, d)
-        acts, idx = model.encode(x)  # (b, k)
-        silenced = acts.masked_fill(is_sink(x, limit)[:, None], 0.0)  # (b, k)
-        parts.append(narrowed(silenced.cpu(), idx.cpu()))  # as wide as a token still firing
+        acts, idx = model.encode(x, silent=is_sink(x, limit))  # (b, k): sinks fire nothing
+        parts.append((acts.cpu(), idx.cpu()))
     acts_all, idx_all = joined(parts)  # (N, k)
     shape = (*sample.activations.shape[:2], idx_all.shape[-1])
     return Codes(

@@ -136,6 +136,28 @@ def build(cfg: SaeConfig, weights: Weights, *, device: str | torch.device) -> Sp
     return sae
 
 
+def b_dec_not_subtracted(W_enc: Tensor, b_enc: Tensor, b_dec: Tensor) -> Tensor:
+    """Our b_enc for an SAE whose encode is W_enc x + b_enc, b_dec not subtracted from x (SAELens
+    with apply_b_dec_to_input false, Gemma Scope, dictionary_learning's JumpReLU): that is
+    W_enc (x - b_dec) + (b_enc + W_enc b_dec), and our b_pre is b_dec."""
+    return b_enc + W_enc @ b_dec
+
+
+def gated_as_jumprelu(
+    W_enc: Tensor, W_dec: Tensor, b_dec: Tensor, b_gate: Tensor, r_mag: Tensor, b_mag: Tensor
+) -> Weights:
+    """A gated SAE (Rajamanoharan et al. 2024) as the JumpReLU SAE that computes the same codes
+    (SAELens's and dictionary_learning's gated SAEs alike; W_enc here (n, d)).
+
+    The gated code is 1[W x' + b_gate > 0] * ReLU(e^r (W x') + b_mag), x' = x - b_dec. With
+    h = e^r (W x') + b_mag, and e^r > 0, the gate W x' > -b_gate is h > b_mag - e^r b_gate: so
+    W_enc = e^r W, b_enc = b_mag and threshold = b_mag - e^r b_gate give ReLU(h) * 1[h > threshold]
+    (a negative threshold only lets through what the ReLU zeroes anyway).
+    """
+    scale = r_mag.exp()  # (n,)
+    return Weights(W_enc * scale[:, None], b_mag, W_dec, b_dec, b_mag - scale * b_gate)
+
+
 def make_config(path: Path, **fields: Any) -> SaeConfig:
     """SaeConfig(**fields), its ValueError turned into an AtlasError naming `path`."""
     try:

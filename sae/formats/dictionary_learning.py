@@ -28,7 +28,15 @@ import torch
 from torch import Tensor
 
 from sae.errors import AtlasError
-from sae.formats.common import Weights, build, check_no_extra, check_tensor, make_config
+from sae.formats.common import (
+    Weights,
+    b_dec_not_subtracted,
+    build,
+    check_no_extra,
+    check_tensor,
+    gated_as_jumprelu,
+    make_config,
+)
 from sae.model import SparseAutoencoder
 
 DICTIONARY_WEIGHTS = "ae.pt"
@@ -120,19 +128,18 @@ def _weights(
     if kind == "JumpReluAutoEncoder":
         check_no_extra(file, state, {"W_enc", "b_enc", "W_dec", "b_dec", "threshold"})
         W_enc, b_dec = get("W_enc", (d, n)).T, get("b_dec", (d,))
-        b_enc = get("b_enc", (n,)) + W_enc @ b_dec  # b_dec is not subtracted from the input
+        b_enc = b_dec_not_subtracted(W_enc, get("b_enc", (n,)), b_dec)
         weights = Weights(W_enc, b_enc, get("W_dec", (n, d)), b_dec, get("threshold", (n,)))
         return weights, n, "jumprelu"
     known = {"decoder_bias", "encoder.weight", "r_mag", "gate_bias", "mag_bias", "decoder.weight"}
     check_no_extra(file, state, known)
-    W, scale = get("encoder.weight", (n, d)), get("r_mag", (n,)).exp()
-    mag_bias, gate_bias = get("mag_bias", (n,)), get("gate_bias", (n,))
-    weights = Weights(  # the gate W x' > -gate_bias is h > mag_bias - e^r gate_bias
-        W * scale[:, None],
-        mag_bias,
+    weights = gated_as_jumprelu(
+        get("encoder.weight", (n, d)),
         get("decoder.weight", (d, n)).T,
         get("decoder_bias", (d,)),
-        mag_bias - scale * gate_bias,
+        get("gate_bias", (n,)),
+        get("r_mag", (n,)),
+        get("mag_bias", (n,)),
     )
     return weights, n, "jumprelu"
 

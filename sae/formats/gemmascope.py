@@ -19,6 +19,7 @@ import torch
 from sae.errors import AtlasError
 from sae.formats.common import (
     Weights,
+    b_dec_not_subtracted,
     build,
     check_no_extra,
     check_tensor,
@@ -48,7 +49,11 @@ def load_gemmascope(path: Path, *, device: str | torch.device = "cpu") -> Sparse
     }
     encoder = t["W_enc"].T  # (n, d)
     weights = Weights(
-        encoder, t["b_enc"] + encoder @ t["b_dec"], t["W_dec"], t["b_dec"], t["threshold"]
+        encoder,
+        b_dec_not_subtracted(encoder, t["b_enc"], t["b_dec"]),
+        t["W_dec"],
+        t["b_dec"],
+        t["threshold"],
     )
     hook = hook_of(file)
     cfg = make_config(

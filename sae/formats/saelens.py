@@ -18,10 +18,12 @@ from sae.formats.common import (
     SAELENS_SCALER,
     SAELENS_WEIGHTS,
     Weights,
+    b_dec_not_subtracted,
     bool_field,
     build,
     check_no_extra,
     check_tensor,
+    gated_as_jumprelu,
     int_field,
     layer_of_hook,
     make_config,
@@ -103,20 +105,6 @@ def load_saelens(folder: Path, *, device: str | torch.device = "cpu") -> SparseA
         corpus=spec.corpus,
     )
     return build(cfg, weights, device=device)
-
-
-def gated_as_jumprelu(
-    W_enc: Tensor, W_dec: Tensor, b_dec: Tensor, b_gate: Tensor, r_mag: Tensor, b_mag: Tensor
-) -> Weights:
-    """A gated SAE (Rajamanoharan et al. 2024) as the JumpReLU SAE that computes the same codes.
-
-    SAELens's gated code is 1[W x' + b_gate > 0] * ReLU(e^r (W x') + b_mag), x' = x - b_dec. With
-    h = e^r (W x') + b_mag, and e^r > 0, the gate W x' > -b_gate is h > b_mag - e^r b_gate: so
-    W_enc = e^r W, b_enc = b_mag and threshold = b_mag - e^r b_gate give ReLU(h) * 1[h > threshold]
-    (a negative threshold only lets through what the ReLU zeroes anyway).
-    """
-    scale = r_mag.exp()  # (n,)
-    return Weights(W_enc * scale[:, None], b_mag, W_dec, b_dec, b_mag - scale * b_gate)
 
 
 def saelens_spec(folder: Path) -> SaelensSpec:
@@ -230,7 +218,7 @@ def fold_saelens(weights: Weights, spec: SaelensSpec, path: Path) -> Weights:
     """
     W_enc, b_enc, W_dec, b_dec, threshold = weights
     if not spec.apply_b_dec_to_input:
-        b_enc = b_enc + W_enc @ b_dec  # (n,)
+        b_enc = b_dec_not_subtracted(W_enc, b_enc, b_dec)
     if spec.rescale_acts_by_decoder_norm:
         norms = W_dec.norm(dim=-1)  # (n,)
         if not bool((norms > 0).all()):

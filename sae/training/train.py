@@ -24,7 +24,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from sae.activations.cache import STORAGE_DTYPES, ActivationCache
-from sae.activations.hookpoints import HookPoint, parse_hookpoint
+from sae.activations.hookpoints import HookPoint, chosen_hookpoint
 from sae.activations.source import open_stream
 from sae.codes import is_firing
 from sae.config import Normalize, SaeConfig, check_field_types
@@ -136,15 +136,11 @@ class TrainConfig:
             raise ValueError("l1_coef applies to relu SAEs only; a topk SAE is sparse by k")
         if not self.acts and self.tokens <= 0:
             raise ValueError("tokens must be given when training without --acts (streaming)")
-        if self.hook:
-            try:
-                self.layer = parse_hookpoint(self.hook).layer
-            except AtlasError as exc:
-                raise ValueError(str(exc)) from None
+        self.layer = self.hook_point.layer  # --hook names its block
 
     @property
     def hook_point(self) -> HookPoint:
-        return parse_hookpoint(self.hook) if self.hook else HookPoint(self.layer, "resid_post")
+        return chosen_hookpoint(self.hook, self.layer)
 
 
 @dataclass
