@@ -19,7 +19,7 @@ help:
 	@echo "            index it, then serve the browser over the index"
 	@echo "make test   install everything, then lint, type-check and run the test suite"
 	@echo "make bench  run the benchmarks in bench/ (ratios side by side)"
-	@echo "make sweep  the paper's scaling sweep on the demo cache: 19 SAEs, table, fitted laws and"
+	@echo "make sweep  the paper's scaling sweep on the demo cache: 22 SAEs, table, fitted laws and"
 	@echo "            runs/sweep/report.html (about 13 minutes on 2 cores)"
 
 $(BIN)/python:

@@ -140,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("harvest", HarvestConfig, run_harvest,
          "cache a model's activations at one layer over a corpus"),
         ("train", TrainConfig, run_train,
-         "train a TopK SAE on an activation cache (torchrun for several processes)"),
+         "train an SAE (TopK, BatchTopK or ReLU) on an activation cache (torchrun for several "
+         "processes)"),
         ("eval", EvalConfig, run_eval,
          "nmse, L0, dead latents and the LM loss with the SAE spliced in"),
         ("sweep", SweepConfig, run_sweep,

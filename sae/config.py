@@ -11,8 +11,9 @@ from typing import Any, Literal
 from sae import sinks
 
 Normalize = Literal["none", "scale", "layer_norm"]
-Activation = Literal["topk", "relu", "jumprelu"]
-VARIABLE_L0: tuple[Activation, ...] = ("relu", "jumprelu")  # no fixed k: every latent may fire
+Activation = Literal["topk", "relu", "jumprelu", "batchtopk"]
+VARIABLE_L0: tuple[Activation, ...] = ("relu", "jumprelu", "batchtopk")  # no fixed k per token
+THRESHOLDED: tuple[Activation, ...] = ("jumprelu", "batchtopk")  # a threshold per latent
 
 
 @dataclass
@@ -27,7 +28,17 @@ class SaeConfig:
         metadata={
             "help": "'topk' keeps the k largest pre-activations (the paper's SAE); 'relu' keeps "
             "every positive one (the ReLU + L1 baseline), 'jumprelu' every one above its "
-            "latent's threshold (Gemma Scope, SAELens); these two have no fixed k: k = n_latents"
+            "latent's threshold (Gemma Scope, SAELens), 'batchtopk' trained with the top "
+            "batch_k x B of a batch of B tokens and encodes as jumprelu with the threshold "
+            "estimated in training (Bussmann et al. 2024); the last three have no fixed k: "
+            "k = n_latents"
+        },
+    )
+    batch_k: int = field(
+        default=0,
+        metadata={
+            "help": "batchtopk only: mean active latents per token that training kept (the top "
+            "batch_k x B pre-activations of each batch of B tokens); 0 for the others"
         },
     )
     normalize: Normalize = field(
@@ -74,11 +85,22 @@ class SaeConfig:
         if self.k > self.n_latents:
             raise ValueError(f"k ({self.k}) must not exceed n_latents ({self.n_latents})")
         if self.activation not in ("topk", *VARIABLE_L0):
-            raise ValueError(f"activation must be topk, relu or jumprelu, got {self.activation!r}")
+            raise ValueError(
+                f"activation must be topk, relu, jumprelu or batchtopk, got {self.activation!r}"
+            )
         if self.activation in VARIABLE_L0 and self.k != self.n_latents:
             raise ValueError(
                 f"a {self.activation} SAE has no fixed k: k must equal n_latents "
                 f"({self.n_latents}), got {self.k}"
+            )
+        if (self.activation == "batchtopk") != (self.batch_k > 0):
+            raise ValueError(
+                f"batch_k must be positive for a batchtopk SAE and 0 otherwise; got {self.batch_k}"
+                f" for a {self.activation} SAE"
+            )
+        if self.batch_k > self.n_latents:
+            raise ValueError(
+                f"batch_k ({self.batch_k}) must not exceed n_latents ({self.n_latents})"
             )
         if self.normalize not in ("none", "scale", "layer_norm"):
             raise ValueError(f"normalize must be none, scale or layer_norm, got {self.normalize!r}")

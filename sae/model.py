@@ -6,8 +6,12 @@ on normalised inputs (see `SaeConfig.normalize`), undone on decode. With `activa
 is the paper's baseline instead, z = ReLU(W_enc (x - b_pre) + b_enc) with every positive latent
 kept, trained with an L1 penalty (`ForwardOutput.l1`). With `activation="jumprelu"` (Gemma
 Scope's, SAELens's; read, not trained here) a latent fires where its pre-activation exceeds its
-own `threshold`: z = h * (h > threshold), h = ReLU(W_enc (x - b_pre) + b_enc). Neither has a
-fixed k (k = n): `encode` gives their codes as wide as the busiest token (`sae.codes.narrowed`).
+own `threshold`: z = h * (h > threshold), h = ReLU(W_enc (x - b_pre) + b_enc). With
+`activation="batchtopk"` (Bussmann et al. 2024, "BatchTopK Sparse Autoencoders") training keeps
+the batch_k * B largest h of a whole batch of B tokens, so busy tokens get more latents than quiet
+ones, and encoding one token at a time is JumpReLU's with one threshold for every latent, the
+running mean of the smallest kept activation (`observe_batch`). None of the three has a fixed k
+(k = n): `encode` gives their codes as wide as the busiest token (`sae.codes.narrowed`).
 W_enc and W_dec are both stored (n, d), so a latent's decoder direction is one contiguous row
 for the sparse kernels.
 """
@@ -24,7 +28,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from sae.codes import narrowed
-from sae.config import VARIABLE_L0, SaeConfig
+from sae.config import THRESHOLDED, VARIABLE_L0, SaeConfig
 from sae.errors import AtlasError
 from sae.kernels import (
     EncoderOutput,
@@ -38,6 +42,7 @@ from sae.version import VERSION
 WEIGHTS = "sae.safetensors"
 CONFIG = "cfg.json"
 LAYER_NORM_EPS = 1e-5  # as in OpenAI's released TopK autoencoders
+BATCH_CANDIDATES = 4  # BatchTopK looks for its batch's top batch_k B among each token's top 4 k
 
 
 class ForwardOutput(NamedTuple):
@@ -58,6 +63,17 @@ class ForwardOutput(NamedTuple):
     l1: Tensor
     """Mean L1 norm of the codes per token, the ReLU baseline's sparsity penalty; decoder rows
     have unit norm, so this is the paper's sum_i |z_i| ||W_dec,i|| (scalar, 0 for TopK)."""
+
+
+class Reconstruction(NamedTuple):
+    """An SAE's reconstruction of inputs encoded one token at a time (evaluation's view)."""
+
+    sae_out: Tensor
+    """Reconstruction in the input's own (raw) space, (..., d)."""
+    top_acts: Tensor
+    """The codes' activations, (..., k) or over every latent (..., n) without a fixed k."""
+    top_indices: Tensor
+    """Their latent ids, the same shape."""
 
 
 class AuxSelection(NamedTuple):
@@ -88,8 +104,11 @@ class SparseAutoencoder(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(n, device=device, dtype=dtype))
         self.W_dec = nn.Parameter(torch.empty(n, d, device=device, dtype=dtype))
         self.b_pre = nn.Parameter(torch.zeros(d, device=device, dtype=dtype))
-        if cfg.activation == "jumprelu":  # each latent's threshold on its pre-activation
-            self.threshold = nn.Parameter(torch.zeros(n, device=device, dtype=dtype))
+        if cfg.activation in THRESHOLDED:  # each latent's threshold on its pre-activation
+            trained = cfg.activation == "jumprelu"  # batchtopk estimates it, with no gradient
+            self.threshold = nn.Parameter(
+                torch.zeros(n, device=device, dtype=dtype), requires_grad=trained
+            )
         self.reset_parameters()
 
     # --- initialisation ----------------------------------------------------------------------
@@ -133,7 +152,12 @@ class SparseAutoencoder(nn.Module):
         generator = torch.Generator(device="cpu").manual_seed(seed)
         probe = torch.randn(256, self.cfg.d_in, generator=generator).to(self.W_enc.device)
         probe /= probe.norm(dim=-1, keepdim=True)  # (256, d) random unit inputs
-        acts, idx = self._encode_normalised(probe.to(self.W_enc.dtype), self.cfg.k, fold=False)
+        probe = probe.to(self.W_enc.dtype)
+        if self.cfg.activation == "batchtopk":  # as training will select, not the threshold
+            pre = (probe @ self.W_enc.T + self.b_enc).relu()  # (256, n)
+            acts, idx = batch_topk(pre, self.cfg.batch_k * len(probe)), _every_latent(pre)
+        else:
+            acts, idx = self._encode_normalised(probe, self.cfg.k, fold=False)
         norm = float(self._decode_normalised(acts, idx).norm(dim=-1).mean())
         if norm > 0:
             self.W_enc.mul_(1.0 / norm)
@@ -186,6 +210,15 @@ class SparseAutoencoder(nn.Module):
         normalised = self._decode_normalised(top_acts, top_indices) + self.b_pre  # (..., d)
         return self.denormalize(normalised, stats)
 
+    def reconstruct(self, x: Tensor) -> Reconstruction:
+        """Raw activations (..., d) → their codes and reconstruction, as the SAE encodes one
+        token at a time: what evaluation measures. The training forward differs only for
+        BatchTopK, whose selection there depends on the rest of the batch."""
+        xn, stats = self.normalize(x.to(self.W_enc.dtype))  # (..., d)
+        acts, idx = self._encode_normalised(xn, self.cfg.k)
+        recon = self._decode_normalised(acts, idx) + self.b_pre  # (..., d)
+        return Reconstruction(self.denormalize(recon, stats), acts, idx)
+
     def forward(
         self, x: Tensor, *, dead_mask: Tensor | None = None, nmse_denominator: float | None = None
     ) -> ForwardOutput:
@@ -195,17 +228,20 @@ class SparseAutoencoder(nn.Module):
         `nmse_denominator` is MSE(mean(x), x) measured once on a sample (per batch if None).
         """
         xn, stats = self.normalize(x.to(self.W_enc.dtype))  # (B, d)
-        topk = self.cfg.activation == "topk"  # AuxK and Multi-TopK belong to TopK
-        n_dead = int(dead_mask.sum()) if dead_mask is not None and topk else 0
+        topk = self.cfg.activation == "topk"  # Multi-TopK belongs to TopK
+        with_aux = topk or self.cfg.activation == "batchtopk"  # AuxK to both
+        n_dead = int(dead_mask.sum()) if dead_mask is not None and with_aux else 0
         aux: AuxSelection | None = None
-        if n_dead > 0:
+        if self.cfg.activation == "batchtopk":
+            acts, idx, aux = self._batch_topk_with_aux(xn, dead_mask if n_dead else None)
+        elif n_dead > 0:
             assert dead_mask is not None
             (acts, idx), aux = self._encode_with_aux(xn, dead_mask, n_dead)  # (B, k)
         else:
             acts, idx = self._encode_normalised(xn, self.cfg.k)  # (B, k)
-        if topk:
+        if topk or acts.shape[-1] < self.cfg.n_latents:
             recon = sparse_decode(acts, idx, self.W_dec) + self.b_pre  # (B, d)
-        else:  # a ReLU SAE's own codes are dense and in latent order: no scatter needed
+        else:  # codes over every latent are dense, in latent order: no scatter needed
             recon = acts @ self.W_dec + self.b_pre  # (B, n) @ (n, d)
         denominator = nmse_denominator if nmse_denominator is not None else _variance(xn)
         residual = xn - recon  # (B, d)
@@ -224,14 +260,47 @@ class SparseAutoencoder(nn.Module):
         bias = self._folded_bias() if fold else self.b_enc
         if self.cfg.activation in VARIABLE_L0:  # every latent that fires, densely: (..., n)
             pre = xn @ self.W_enc.T + bias
-            if self.cfg.activation == "jumprelu":  # ReLU(h) 1[h > t] is h where h > max(t, 0)
+            if self.cfg.activation in THRESHOLDED:  # ReLU(h) 1[h > t] is h where h > max(t, 0)
                 acts = torch.where(pre > self.threshold.clamp_min(0), pre, 0.0)
             else:
                 acts = pre.relu_()
-            return EncoderOutput(
-                acts, torch.arange(acts.shape[-1], device=acts.device).expand_as(acts)
-            )
+            return EncoderOutput(acts, _every_latent(acts))
         return topk_encode(xn, self.W_enc, bias, k)
+
+    def _batch_topk_with_aux(
+        self, xn: Tensor, dead_mask: Tensor | None
+    ) -> tuple[Tensor, Tensor, AuxSelection | None]:
+        """Training codes of a BatchTopK SAE and the dead latents for AuxK.
+
+        The batch's top batch_k * B are found among each token's top `candidates` (the TopK
+        kernel, sparse backward and decode): exact unless some token keeps all of its
+        candidates, when it might have kept more; then the dense reference decides."""
+        width = min(BATCH_CANDIDATES * self.cfg.batch_k, self.cfg.n_latents)
+        keep = self.cfg.batch_k * len(xn)
+        aux: AuxSelection | None = None
+        if width < self.cfg.n_latents:
+            if dead_mask is not None:
+                n_dead = int(dead_mask.sum())
+                (acts, idx), aux = self._encode_with_aux(xn, dead_mask, n_dead, k=width)
+            else:
+                acts, idx = topk_encode(xn, self.W_enc, self._folded_bias(), width)  # (B, width)
+            kept = batch_topk(acts, keep)  # (B, width)
+            if not bool((kept > 0).all(-1).any()):
+                return kept, idx, aux
+        pre = (xn @ self.W_enc.T + self._folded_bias()).relu()  # (B, n)
+        if dead_mask is not None and aux is None:
+            dead = dead_mask.nonzero().squeeze(1)  # (m,)
+            aux = _dense_aux(pre[:, dead], dead, self.cfg.k_aux)
+        acts = batch_topk(pre, keep)  # (B, n)
+        return acts, _every_latent(acts), aux
+
+    @torch.no_grad()
+    def observe_batch(self, low: Tensor, *, step: int) -> None:
+        """Fold one batch's smallest kept activation `low` (scalar) into the BatchTopK
+        threshold: the mean of the first 100 steps' values, then an average over about the
+        last 100 (early batches, from a barely trained encoder, fade out)."""
+        weight = max(1.0 / (step + 1), 0.01)
+        self.threshold.lerp_(low.to(self.threshold).expand_as(self.threshold), weight)
 
     def _decode_normalised(self, top_acts: Tensor, top_indices: Tensor) -> Tensor:
         """Codes (..., k) → W_dec z (..., d); dense for codes over every latent (..., n)."""
@@ -253,7 +322,13 @@ class SparseAutoencoder(nn.Module):
         return self.b_enc - self.W_enc @ self.b_pre
 
     def _encode_with_aux(
-        self, xn: Tensor, dead_mask: Tensor, n_dead: int, *, dense: bool | None = None
+        self,
+        xn: Tensor,
+        dead_mask: Tensor,
+        n_dead: int,
+        *,
+        dense: bool | None = None,
+        k: int | None = None,
     ) -> tuple[EncoderOutput, AuxSelection]:
         """Encode, and pick the top k_aux dead latents of every row for the AuxK loss.
 
@@ -264,13 +339,11 @@ class SparseAutoencoder(nn.Module):
         if dense if dense is not None else n_dead <= 4 * k_aux:
             dead = dead_mask.nonzero().squeeze(1)  # (m,)
             main, pre_dead = topk_encode_dead_pre(
-                xn, self.W_enc, self._folded_bias(), self.cfg.k, dead=dead
+                xn, self.W_enc, self._folded_bias(), k or self.cfg.k, dead=dead
             )  # (B, k), (B, m)
-            vals, pos = pre_dead.topk(k_aux, dim=-1, sorted=False)  # (B, k_aux)
-            codes = torch.zeros_like(pre_dead).scatter(1, pos, vals.relu())  # (B, m)
-            return main, AuxSelection(dense_codes=codes, dead=dead)
+            return main, _dense_aux(pre_dead, dead, k_aux)
         main, sparse = topk_encode_with_aux(
-            xn, self.W_enc, self._folded_bias(), self.cfg.k, dead_mask=dead_mask, k_aux=k_aux
+            xn, self.W_enc, self._folded_bias(), k or self.cfg.k, dead_mask=dead_mask, k_aux=k_aux
         )  # (B, k), (B, k_aux)
         return main, AuxSelection(sparse=sparse)
 
@@ -329,6 +402,33 @@ def check_finite(tensors: dict[str, Tensor], *, prefix: str) -> None:
                 f"{prefix}: tensor {name!r} holds {bad} NaN or Inf value"
                 f"{'s' if bad > 1 else ''} (of {tensor.numel()})"
             )
+
+
+def batch_topk(pre: Tensor, keep: int) -> Tensor:
+    """Keep the `keep` largest of the non-negative activations `pre` (B, n) over the whole
+    batch, zero elsewhere: BatchTopK's selection (a busy token may keep more than its share)."""
+    flat = pre.flatten()  # (B n,)
+    values, positions = flat.topk(min(keep, flat.numel()), sorted=False)  # (keep,)
+    return torch.zeros_like(flat).scatter(0, positions, values).view_as(pre)
+
+
+def smallest_kept(acts: Tensor) -> Tensor:
+    """The smallest positive activation of a batch's codes (scalar; 0 if none fired): where
+    BatchTopK's selection cut this batch, the threshold's estimate."""
+    positive = acts.detach()[acts.detach() > 0]
+    return positive.min() if positive.numel() else acts.new_zeros(())
+
+
+def _dense_aux(pre_dead: Tensor, dead: Tensor, k_aux: int) -> AuxSelection:
+    """The top k_aux of each row of the dead latents' pre-activations (B, m), laid out densely."""
+    vals, pos = pre_dead.topk(min(k_aux, pre_dead.shape[-1]), dim=-1, sorted=False)  # (B, k_aux)
+    codes = torch.zeros_like(pre_dead).scatter(1, pos, vals.relu())  # (B, m)
+    return AuxSelection(dense_codes=codes, dead=dead)
+
+
+def _every_latent(acts: Tensor) -> Tensor:
+    """Latent ids of dense codes (..., n): 0..n-1 along the last axis."""
+    return torch.arange(acts.shape[-1], device=acts.device).expand_as(acts)
 
 
 def _variance(x: Tensor) -> Tensor:

@@ -65,6 +65,7 @@ def small_sweep(tiny_cache: Path, out: Path) -> SweepConfig:
         token_exponent=0.0,
         batch_size=128,
         relu_l1="",
+        batchtopk_k="",
         dead_latents=0,
         eval_contexts=4,
         quality=False,
@@ -149,6 +150,7 @@ def test_a_sweep_with_baselines_and_quality_metrics_reports_every_group(
         tokens=128 * 4,
         token_exponent=0.6,
         relu_l1="0.05,1",
+        batchtopk_k="4",
         frontier_latents=32,
         dead_latents=32,
         dead_k=4,
@@ -157,10 +159,13 @@ def test_a_sweep_with_baselines_and_quality_metrics_reports_every_group(
         ablation_positions=1,
     )
     rows = sweep(cfg)
-    assert [r["group"] for r in rows] == ["grid"] * 4 + ["relu"] * 2 + ["dead"] * 3
+    assert [r["group"] for r in rows] == ["grid"] * 4 + ["relu"] * 2 + ["batchtopk"] + ["dead"] * 3
     relu = [r for r in rows if r["group"] == "relu"]
     assert all(r["activation"] == "relu" and r["k"] is None and r["l0"] > 0 for r in relu)
     assert relu[0]["l1_coef"] == 0.05 and relu[0]["tokens"] == cfg.tokens_for(32) > 128 * 4
+    (batch,) = (r for r in rows if r["group"] == "batchtopk")
+    assert batch["activation"] == "batchtopk" and batch["k"] == 4 and batch["n"] == 32
+    assert 0 < batch["l0"] < 32 and batch["l0"] != 4  # one token at a time, by the threshold
     variants = {(r["tied_init"], r["auxk"]) for r in rows if r["group"] == "dead"}
     assert variants == {(False, False), (False, True), (True, False)}
     assert all(0 <= r["dead_fraction"] <= 1 and r["kl"] >= 0 for r in rows)
@@ -173,7 +178,8 @@ def test_a_sweep_with_baselines_and_quality_metrics_reports_every_group(
     for figure in ("nmse-vs-n", "frontier", "dead-latents"):
         assert f'id="{figure}"' in page
     report = json.loads((out / "report.json").read_text())
-    assert len(report["rows"]) == 9 and len(report["findings"]) == 7
+    assert len(report["rows"]) == 10 and len(report["findings"]) == 7
+    assert "BatchTopK" in page
     assert report["settings"]["relu_l1"] == "0.05,1"
 
     one = out / "n32_k4"

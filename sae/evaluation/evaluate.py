@@ -219,7 +219,7 @@ def evaluate(
     limit = model.cfg.sink_limit
     losses = {"clean": 0.0, "sae": 0.0, "zero": 0.0, "mean": 0.0}
     variants: dict[str, Callable[[Tensor], Tensor]] = {
-        "sae": lambda h: model(h.flatten(0, 1).float()).sae_out.view_as(h),
+        "sae": lambda h: model.reconstruct(h.flatten(0, 1).float()).sae_out.view_as(h),
     }
     if ablations is None:
         variants["zero"] = torch.zeros_like
@@ -232,7 +232,7 @@ def evaluate(
         losses["clean"] += len(batch) * clean_loss
         x = after_position_0(hidden).float().flatten(0, 1)  # (b*(T-1), d)
         x = without_sinks(x, limit)  # (m, d) sinks left out, as in training
-        out = model(x.to(model.device))
+        out = model.reconstruct(x.to(model.device))
         xs.append(x.cpu())
         errs.append((x - out.sae_out.to(x.device)).cpu())
         firing = is_firing(out.top_acts)  # (m, k)

@@ -41,7 +41,7 @@ class Weights(NamedTuple):
     b_pre: Tensor
     """(d,)"""
     threshold: Tensor | None = None
-    """(n,): a JumpReLU SAE's per-latent thresholds; None for the others"""
+    """(n,): a JumpReLU or BatchTopK SAE's per-latent thresholds; None for the others"""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,7 +132,8 @@ def build(cfg: SaeConfig, weights: Weights, *, device: str | torch.device) -> Sp
         if tensor.untyped_storage().data_ptr() in taken:
             tensor = tensor.clone()
         taken.add(tensor.untyped_storage().data_ptr())
-        setattr(sae, name, nn.Parameter(tensor))
+        trained = getattr(sae, name).requires_grad  # a BatchTopK threshold is estimated
+        setattr(sae, name, nn.Parameter(tensor, requires_grad=trained))
     return sae
 
 

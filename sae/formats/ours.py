@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from sae.config import SaeConfig
+from sae.config import THRESHOLDED, SaeConfig
 from sae.errors import AtlasError
 from sae.formats.common import (
     Format,
@@ -33,7 +33,7 @@ def load_ours(folder: Path, *, device: str | torch.device = "cpu") -> SparseAuto
     tensors = read_tensors(folder / WEIGHTS)
     n, d = cfg.n_latents, cfg.d_in
     shapes = {"W_enc": (n, d), "b_enc": (n,), "W_dec": (n, d), "b_pre": (d,)}
-    if cfg.activation == "jumprelu":
+    if cfg.activation in THRESHOLDED:
         shapes["threshold"] = (n,)
     checked = {
         name: check_tensor(folder / WEIGHTS, name, tensors.get(name), shape)

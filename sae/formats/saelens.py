@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-from sae.config import Normalize, SaeConfig
+from sae.config import THRESHOLDED, Normalize, SaeConfig
 from sae.errors import AtlasError
 from sae.formats.common import (
     SAELENS_LAYOUT_VERSION,
@@ -232,7 +232,8 @@ def fold_saelens(weights: Weights, spec: SaelensSpec, path: Path) -> Weights:
 
 def save_saelens(sae: SparseAutoencoder, folder: str | Path) -> Path:
     """Write `sae` as a SAELens SAE folder (what SAEBench and Neuronpedia read): a TopK SAE as
-    `topk`, a JumpReLU one as `jumprelu`, a ReLU one as `standard`.
+    `topk`, a JumpReLU one as `jumprelu`, a ReLU one as `standard`, a BatchTopK one as the
+    `jumprelu` it encodes as (SAELens saves its own BatchTopK SAEs for inference the same way).
 
     SAELens applies no constant input scale at inference, so normalize='scale' is folded in:
     our code is z = TopK(W_enc (s x - b_pre) + b_enc) = TopK((s W_enc)(x - b_pre / s) + b_enc),
@@ -255,7 +256,7 @@ def save_saelens(sae: SparseAutoencoder, folder: str | Path) -> Path:
         "W_dec": W_dec.float().contiguous(),
         "b_dec": b_pre.float().contiguous(),
     }
-    if cfg.activation == "jumprelu":  # the pre-activation is the same after the fold above
+    if cfg.activation in THRESHOLDED:  # the pre-activation is the same after the fold above
         tensors["threshold"] = sae.threshold.detach().float().cpu().contiguous()
     check_finite(tensors, prefix=f"refusing to save {out}")
     out.mkdir(parents=True, exist_ok=True)
@@ -288,7 +289,7 @@ def saelens_config(cfg: SaeConfig, normalize: str) -> dict[str, Any]:
     }
     if cfg.corpus:
         metadata["dataset_path"] = cfg.corpus
-    architecture = {"topk": "topk", "jumprelu": "jumprelu", "relu": "standard"}[cfg.activation]
+    architecture = {"topk": "topk", "relu": "standard"}.get(cfg.activation, "jumprelu")
     return {
         "architecture": architecture,
         "d_in": cfg.d_in,

@@ -27,7 +27,9 @@ CAPTIONS = {
     "curves are the fitted L(n) = exp(α + β log n) + exp(ζ). The paper finds MSE falls as a power "
     "law in n at every k, and is lower at larger k.",
     "frontier": "Normalized MSE against L0 (active latents per token) at n={n}. At equal L0, lower "
-    "is better; the paper finds TopK below ReLU + L1 across the sparsity range.",
+    "is better; the paper finds TopK below ReLU + L1 across the sparsity range. BatchTopK "
+    "(Bussmann et al. 2024) is measured as it encodes one token at a time, with the threshold "
+    "its training estimated, so its L0 is a mean over tokens, not exactly its k.",
     "dead-latents": "Share of latents that did not fire in the last quarter of training, with "
     "and without the paper's two fixes: "
     "the encoder initialised to the decoder's transpose, and the AuxK loss that trains dead "
@@ -214,16 +216,18 @@ def _by_l0(rows: Sequence[Row], n: float) -> list[Row]:
     )
 
 
-def _frontier(grid: Sequence[Row], relu: Sequence[Row]) -> Figure | None:
-    """MSE against L0 at one n: TopK across k against ReLU + L1 across the L1 coefficient."""
-    ns = [n for r in relu if (n := finite(r.get("n"))) is not None]
+def _frontier(grid: Sequence[Row], relu: Sequence[Row], batch: Sequence[Row] = ()) -> Figure | None:
+    """MSE against L0 at one n: TopK across k against ReLU + L1 across the L1 coefficient,
+    and BatchTopK across k."""
+    ns = [n for r in [*relu, *batch] if (n := finite(r.get("n"))) is not None]
     if not ns:
         return None
-    n = Counter(ns).most_common(1)[0][0]  # the ReLU runs' n, where the grid's k meet them
-    topk, relu = _by_l0(grid, n), _by_l0(relu, n)
-    k_notes = [
-        (*p, f"k={_show(finite(r.get('k')))}") for r in topk for p in _points([r], "l0", "nmse")
-    ]
+    n = Counter(ns).most_common(1)[0][0]  # the baselines' n, where the grid's k meet them
+    topk, relu, batch = _by_l0(grid, n), _by_l0(relu, n), _by_l0(batch, n)
+    k_notes, batch_notes = (
+        [(*p, f"k={_show(finite(r.get('k')))}") for r in rows for p in _points([r], "l0", "nmse")]
+        for rows in (topk, batch)
+    )
     l1_notes = [
         (*p, f"λ={l1:.3g}")
         for r in relu
@@ -234,6 +238,10 @@ def _frontier(grid: Sequence[Row], relu: Sequence[Row]) -> Figure | None:
         Series("TopK", _points(topk, "l0", "nmse"), "line+points", _color(0), k_notes),
         Series("ReLU + L1", _points(relu, "l0", "nmse"), "line+points", _color(1), l1_notes),
     ]
+    if batch:
+        series.append(
+            Series("BatchTopK", _points(batch, "l0", "nmse"), "line+points", _color(2), batch_notes)
+        )
     if not _has_data(series):
         return None
     title = f"Sparsity-MSE frontier at n={n:.0f}"
@@ -319,7 +327,7 @@ def sweep_figures(report: Mapping[str, Any]) -> list[Figure]:
     grid, relu, dead = _rows(rows, "grid"), _rows(rows, "relu"), _rows(rows, "dead")
     figures = [
         nmse_vs_n(grid, report.get("fits")),
-        _frontier(grid, relu),
+        _frontier(grid, relu, _rows(rows, "batchtopk")),
         _dead_latents(grid, dead),
         _dead_latents(grid, dead, key="rare_fraction"),
         _explanations(grid),

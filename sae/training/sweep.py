@@ -30,7 +30,7 @@ from sae.evaluation.evaluate import Evaluator, Quality
 from sae.files import write_json
 from sae.outputs import check_not_inside, check_output_folder
 from sae.report.results import FITS, RESULTS, SETTINGS, fits, read_metrics, read_results
-from sae.training.train import TrainConfig, train
+from sae.training.train import Trainable, TrainConfig, train
 
 COLUMNS = (
     "name",
@@ -101,10 +101,10 @@ class RunSpec:
     """One SAE of the sweep: where it sits in the comparison and how to train it."""
 
     name: str  # its folder under the sweep's --out
-    group: str  # "grid" (n x k), "relu" (the ReLU + L1 baseline), "dead" (init/AuxK variants)
+    group: str  # "grid" (n x k), "relu" (the ReLU + L1 baseline), "batchtopk", "dead" (variants)
     n: int
-    k: int | None  # None for a ReLU SAE
-    activation: str = "topk"
+    k: int | None  # None for a ReLU SAE; BatchTopK's mean over a batch
+    activation: Trainable = "topk"
     l1_coef: float | None = None
     tied_init: bool = True
     auxk: bool = True
@@ -141,8 +141,12 @@ class SweepConfig:
         default="0.2,0.3,0.4,0.6",
         metadata={"help": "L1 coefficients of the ReLU + L1 baselines ('' for none)"},
     )
+    batchtopk_k: str = field(
+        default="8,16,32",
+        metadata={"help": "comma-separated k of the BatchTopK SAEs on the frontier ('' for none)"},
+    )
     frontier_latents: int = field(
-        default=1024, metadata={"help": "n of the ReLU baselines (one of --latents)"}
+        default=1024, metadata={"help": "n of the ReLU and BatchTopK SAEs (one of --latents)"}
     )
     dead_latents: int = field(
         default=2048,
@@ -175,10 +179,15 @@ class SweepConfig:
         check_field_types(self)
         latents = parse_sizes(self.latents, name="latents")
         ks = parse_sizes(self.k, name="k")
+        batch_ks = parse_sizes(self.batchtopk_k, name="batchtopk_k") if self.batchtopk_k else []
+        if any(k > self.frontier_latents for k in batch_ks):
+            raise ValueError(
+                f"batchtopk_k {self.batchtopk_k} must not exceed frontier_latents "
+                f"{self.frontier_latents}"
+            )
         if (
-            parse_coefficients(self.relu_l1, name="relu_l1")
-            and self.frontier_latents not in latents
-        ):
+            parse_coefficients(self.relu_l1, name="relu_l1") or batch_ks
+        ) and self.frontier_latents not in latents:
             raise ValueError(
                 f"frontier_latents {self.frontier_latents} must be one of --latents {self.latents}"
             )
@@ -200,11 +209,13 @@ class SweepConfig:
         return [(n, k) for n in parse_sizes(self.latents, name="latents") for k in ks if k <= n]
 
     def runs(self) -> list[RunSpec]:
-        """The grid, then the ReLU baselines, then the dead-latent variants."""
+        """The grid, then the ReLU and BatchTopK baselines, then the dead-latent variants."""
         specs = [RunSpec(f"n{n}_k{k}", "grid", n, k) for n, k in self.grid()]
+        n = self.frontier_latents
         for coef in parse_coefficients(self.relu_l1, name="relu_l1"):
-            n = self.frontier_latents
             specs.append(RunSpec(f"relu_n{n}_l1_{coef:g}", "relu", n, None, "relu", coef))
+        for k in parse_sizes(self.batchtopk_k, name="batchtopk_k") if self.batchtopk_k else []:
+            specs.append(RunSpec(f"batchtopk_n{n}_k{k}", "batchtopk", n, k, "batchtopk"))
         if self.dead_latents:
             n, k = self.dead_latents, self.dead_k
             for tied, auxk, suffix in (
@@ -299,7 +310,7 @@ def _run(
             acts=cfg.acts,
             latents=spec.n,
             k=spec.k or 1,
-            activation="relu" if spec.activation == "relu" else "topk",
+            activation=spec.activation,
             l1_coef=spec.l1_coef or 0.0,
             tied_init=spec.tied_init,
             auxk=spec.auxk,

@@ -30,7 +30,13 @@ from sae.codes import is_firing
 from sae.config import Normalize, SaeConfig, check_field_types
 from sae.distributed import rank_and_world
 from sae.errors import AtlasError
-from sae.model import ForwardOutput, SparseAutoencoder, check_finite, default_learning_rate
+from sae.model import (
+    ForwardOutput,
+    SparseAutoencoder,
+    check_finite,
+    default_learning_rate,
+    smallest_kept,
+)
 from sae.outputs import check_not_inside, check_output_folder
 from sae.report.results import METRICS
 from sae.training.batches import ShuffledTokens
@@ -48,7 +54,7 @@ from sae.version import VERSION
 log = logging.getLogger(__name__)
 
 
-Trainable = Literal["topk", "relu"]  # what `sae train` fits; JumpReLU SAEs are read only
+Trainable = Literal["topk", "relu", "batchtopk"]  # what `sae train` fits; JumpReLU is read only
 
 
 @dataclass
@@ -84,7 +90,11 @@ class TrainConfig:
     warmup_steps: int = field(default=50, metadata={"help": "linear learning-rate warm-up"})
     activation: Trainable = field(
         default="topk",
-        metadata={"help": "topk (the paper's SAE) or relu (the ReLU + L1 baseline; k unused)"},
+        metadata={
+            "help": "topk (the paper's SAE), batchtopk (the top k x B of each batch of B "
+            "tokens, saved with the threshold that selection implies so that it encodes one "
+            "token at a time) or relu (the ReLU + L1 baseline; k unused)"
+        },
     )
     l1_coef: float = field(
         default=0.0, metadata={"help": "weight of the L1 penalty; relu only, and needed there"}
@@ -126,14 +136,16 @@ class TrainConfig:
         for name in ("tokens", "lr", "warmup_steps", "k_aux", "dead_tokens"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
-        if self.k > self.latents and self.activation == "topk":
+        if self.k > self.latents and self.activation != "relu":
             raise ValueError(f"k ({self.k}) must not exceed latents ({self.latents})")
         if self.activation == "relu" and self.l1_coef <= 0:
             raise ValueError("l1_coef must be positive for a relu SAE (its only sparsity)")
-        if self.activation == "relu" and self.multi_topk:
-            raise ValueError("multi_topk applies to topk SAEs only; a relu SAE keeps every latent")
-        if self.activation == "topk" and self.l1_coef:
-            raise ValueError("l1_coef applies to relu SAEs only; a topk SAE is sparse by k")
+        if self.activation != "topk" and self.multi_topk:
+            raise ValueError(f"multi_topk applies to topk SAEs only, not {self.activation}")
+        if self.activation != "relu" and self.l1_coef:
+            raise ValueError(
+                f"l1_coef applies to relu SAEs only; a {self.activation} SAE is sparse by k"
+            )
         if not self.acts and self.tokens <= 0:
             raise ValueError("tokens must be given when training without --acts (streaming)")
         self.layer = self.hook_point.layer  # --hook names its block
@@ -354,7 +366,7 @@ def check_memory(cfg: TrainConfig, data: DataSource, *, world: int) -> None:
         d_model=data.d_model,
         batch_size=cfg.batch_size // world,
         group_tokens=group + cfg.batch_size,  # a group, and what the last one left over
-        dense_codes=cfg.activation == "relu",
+        dense_codes=cfg.activation != "topk",
         value_bytes=data.value_bytes,
     )
     check_training_fits(
@@ -385,6 +397,7 @@ def _setup(
         d_in=d,
         n_latents=cfg.latents,
         k=code_size(cfg),
+        batch_k=cfg.k if cfg.activation == "batchtopk" else 0,
         activation=cfg.activation,
         normalize=cfg.normalize,
         multi_topk=cfg.multi_topk,
@@ -421,8 +434,8 @@ def _setup(
 
 
 def code_size(cfg: TrainConfig) -> int:
-    """Latents in one token's code: k, or all of them for a ReLU SAE."""
-    return cfg.latents if cfg.activation == "relu" else cfg.k
+    """Latents in one token's code: k, or all of them where it varies (relu, batchtopk)."""
+    return cfg.k if cfg.activation == "topk" else cfg.latents
 
 
 def make_optimizer(sae: SparseAutoencoder, lr: float) -> torch.optim.Optimizer:
@@ -456,6 +469,12 @@ def _step(
         loss = loss + cfg.l1_coef * output.l1
     _check_finite_loss(loss, output, step=state.step + 1, world=world)
     loss.backward()
+    if sae.cfg.activation == "batchtopk":
+        low = smallest_kept(output.top_acts)
+        if world > 1:
+            dist.all_reduce(low)
+            low /= world
+        sae.observe_batch(low, step=state.step)
     fired = torch.zeros(sae.cfg.n_latents, dtype=torch.long, device=batch.device)
     fired.index_add_(
         0, output.top_indices.flatten(), is_firing(output.top_acts).flatten().long()
@@ -525,6 +544,7 @@ def load_checkpoint(
     for name, ours, theirs in (
         ("latents", cfg.latents, sae.cfg.n_latents),
         ("k", code_size(cfg), sae.cfg.k),
+        ("batch_k", cfg.k if cfg.activation == "batchtopk" else 0, sae.cfg.batch_k),
         ("activation", cfg.activation, sae.cfg.activation),
     ):
         if ours != theirs:
