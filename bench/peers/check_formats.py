@@ -30,17 +30,20 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from sae.config import Normalize
+    from sae.config import Activation, Normalize
 
 ROOT = Path(__file__).resolve().parents[2]
 D, N, K, BATCH = 64, 512, 16, 256
 CODE_ATOL, RECON_ATOL, RTOL = 1e-5, 1e-4, 1e-5
 RESULTS = ("PASS", "SKIP", "FAIL")
 # SAEs of ours exported to SAELens: no input normalisation, a constant input scale, a layer norm.
-EXPORTS: tuple[tuple[str, Normalize], ...] = (
-    ("export-none", "none"),
-    ("export-scale", "scale"),
-    ("export-layer-norm", "layer_norm"),
+EXPORTS: tuple[tuple[str, Normalize, Activation], ...] = (
+    ("export-none", "none", "topk"),
+    ("export-scale", "scale", "topk"),
+    ("export-layer-norm", "layer_norm", "topk"),
+    ("export-jumprelu-scale", "scale", "jumprelu"),
+    ("export-batchtopk-scale", "scale", "batchtopk"),  # written as the jumprelu it encodes as
+    ("export-relu-none", "none", "relu"),
 )
 
 
@@ -296,7 +299,7 @@ def check_exports(work: Path, x: Tensor) -> list[dict[str, Any]]:
     from sae_lens import SAE
 
     rows = []
-    for name, _ in EXPORTS:
+    for name, *_ in EXPORTS:
         got = torch.load(work / name / "ours.pt")
         if "error" in got:
             rows.append(refused(name, "sae_lens loads ours", got["error"]))
@@ -390,16 +393,30 @@ def ours_outputs(sae: Any, x: Tensor) -> dict[str, Any]:
 
 def export_ours(work: Path, x: Tensor) -> None:
     """SAEs of ours exported to SAELens, with our own outputs to compare SAELens's against."""
-    from sae.config import SaeConfig
+    from sae.config import THRESHOLDED, SaeConfig
     from sae.errors import AtlasError
     from sae.formats import save_saelens
     from sae.model import SparseAutoencoder
 
-    for name, normalize in EXPORTS:
-        cfg = SaeConfig(d_in=D, n_latents=N, k=K, normalize=normalize, model="default", layer=15)
+    for name, normalize, activation in EXPORTS:
+        cfg = SaeConfig(
+            d_in=D,
+            n_latents=N,
+            k=K if activation == "topk" else N,
+            batch_k=K if activation == "batchtopk" else 0,
+            activation=activation,
+            normalize=normalize,
+            model="default",
+            layer=15,
+        )
         sae = SparseAutoencoder(cfg)
         sae.init_from_data(x)
         randomise({"b_enc": sae.b_enc}, seed=21)
+        if activation in THRESHOLDED:  # about 1 in 10 latents above it on these inputs
+            with torch.no_grad():
+                xn, _ = sae.normalize(x)
+                pre = (xn - sae.b_pre) @ sae.W_enc.T + sae.b_enc  # (B, n)
+                sae.threshold.copy_(pre.quantile(0.9, dim=0).clamp_min(1e-3))
         (work / name).mkdir(exist_ok=True)
         try:
             save_saelens(sae, work / name / "saelens")
