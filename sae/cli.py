@@ -33,7 +33,7 @@ def run_train(args: argparse.Namespace) -> None:
         model = train(cfg)
     if is_main_process():
         print(
-            f"SAE: {cfg.out} (n={model.cfg.n_latents}, k={model.cfg.k}, "
+            f"SAE: {cfg.out} (n={model.cfg.n_latents}, {model.cfg.sparsity}, "
             f"{model.cfg.n_tokens} tokens)"
         )
         print(training_summary(Path(cfg.out)))

@@ -108,6 +108,15 @@ class SaeConfig:
             raise ValueError(f"input_scale must be positive, got {self.input_scale}")
 
     @property
+    def sparsity(self) -> str:
+        """How the SAE is sparse, in a few words: 'k=32', 'BatchTopK k=32', 'JumpReLU'."""
+        if self.activation == "topk":
+            return f"k={self.k}"
+        if self.activation == "batchtopk":
+            return f"BatchTopK k={self.batch_k}"
+        return {"jumprelu": "JumpReLU", "relu": "ReLU"}[self.activation]
+
+    @property
     def sink_limit(self) -> float:
         """Norm above which a token counts as an attention sink for this SAE (inf: none): the
         tokens training left out, which evaluation, indexing and live text leave alone too."""

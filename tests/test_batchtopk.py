@@ -109,6 +109,7 @@ def test_a_trained_batchtopk_sae_encodes_one_token_at_a_time_near_its_k(
     model = sae.load(trained)
     assert model.cfg.activation == "batchtopk" and model.cfg.batch_k == 4
     assert model.cfg.k == model.cfg.n_latents == 64
+    assert model.cfg.sparsity == "BatchTopK k=4"  # what `sae train` prints
     threshold = model.threshold.detach()
     assert float(threshold.min()) == float(threshold.max()) > 0  # one for every latent
     records = [json.loads(line) for line in (trained / "metrics.jsonl").open()]
