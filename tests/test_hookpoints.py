@@ -99,6 +99,27 @@ def _neox(parallel: bool) -> Callable[[], Any]:
     return build
 
 
+def _gemma2() -> Any:
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    config = Gemma2Config(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=N_LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=64,
+        initializer_range=0.1,
+        attn_implementation="eager",
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+    return Gemma2ForCausalLM(config)
+
+
 FAMILIES = [
     Family(
         "llama",
@@ -115,6 +136,16 @@ FAMILIES = [
         attention="attn",
         final_norm=lambda model: model.transformer.ln_f,
         mlp_by_hand=lambda block, x, attn: block.mlp(block.ln_2(x + attn)),
+    ),
+    Family(  # a norm after each sublayer too: x + post(attn(pre x)), then the same for the MLP
+        "gemma2",
+        _gemma2,
+        blocks="layers",
+        attention="self_attn",
+        final_norm=lambda model: model.model.norm,
+        mlp_by_hand=lambda block, x, attn: block.post_feedforward_layernorm(
+            block.mlp(block.pre_feedforward_layernorm(x + attn))
+        ),
     ),
     Family(  # the default GPT-NeoX: x + attn(ln1 x) + mlp(ln2 x)
         "neox-parallel",
@@ -329,12 +360,20 @@ def test_a_bad_name_is_a_clear_error_listing_the_accepted_forms(text: str) -> No
 
 
 def test_sparsify_names_of_the_real_model_hook_the_same_modules(tiny: Tiny) -> None:
-    """sparsify hooks `base_model.get_submodule(name)`; our reading of its name must agree."""
+    """sparsify hooks `base_model.get_submodule(name)`; our reading of its name must agree,
+    except in post-norm blocks (Gemma 2), where we read what the sublayer adds to the residual
+    stream, as TransformerLens does: the output of the norm that follows sparsify's module."""
     base = tiny.lm.model.base_model
     blocks, attention = tiny.family.blocks, tiny.family.attention
     for layer in range(N_LAYERS):
-        for name in (f"{blocks}.{layer}", f"{blocks}.{layer}.mlp", f"{blocks}.{layer}.{attention}"):
-            assert hook_module(tiny.lm.model, parse_hookpoint(name)) is base.get_submodule(name)
+        block = base.get_submodule(f"{blocks}.{layer}")
+        assert hook_module(tiny.lm.model, parse_hookpoint(f"{blocks}.{layer}")) is block
+        for module, norm in (("mlp", "post_feedforward_layernorm"),
+                             (attention, "post_attention_layernorm")):  # fmt: skip
+            name = f"{blocks}.{layer}.{module}"
+            hooked = hook_module(tiny.lm.model, parse_hookpoint(name))
+            post_norm = tiny.family.name == "gemma2"
+            assert hooked is (getattr(block, norm) if post_norm else base.get_submodule(name))
 
 
 def test_descriptions_say_where_the_activation_is() -> None:

@@ -5,16 +5,19 @@ A hook point is a block and a site in it, named as SAELens names them (`blocks.L
 - `resid_pre`: the residual stream entering block L, transformers' `hidden_states[L]`;
 - `resid_post`: the residual stream leaving block L, `hidden_states[L + 1]` (for the last block
   transformers applies the final norm to that entry; we always return the block's own output);
-- `attn_out` / `mlp_out`: what block L's attention / MLP submodule returns, before it is added
-  to the residual stream. In eval mode (dropout off) `attn_out + mlp_out` is the block's whole
-  update `resid_post - resid_pre`, for a sequential residual (Llama, GPT-2) and a parallel one
-  (GPT-NeoX: x + attn(ln1 x) + mlp(ln2 x)) alike.
+- `attn_out` / `mlp_out`: what block L's attention / MLP sublayer adds to the residual stream,
+  as TransformerLens's hooks are: the submodule's output, or in post-norm blocks (Gemma 2 and 3,
+  OLMo 2), the output of the norm that follows it. In eval mode (dropout off) `attn_out +
+  mlp_out` is the block's whole update `resid_post - resid_pre`, for a sequential residual
+  (Llama, GPT-2), a parallel one (GPT-NeoX: x + attn(ln1 x) + mlp(ln2 x)) and a post-norm one
+  (Gemma 2: x + post1(attn(pre1 x)), then the same for the MLP) alike.
 
 sparsify names a hook point by the path of the module whose output it hooks, relative to the
 model's `base_model`: `layers.L` (or GPT-2's `h.L`) is the output of block L, `layers.L.mlp` its
 MLP, and the attention is whatever the architecture calls it (`layers.L.self_attn` in Llama,
 `h.L.attn` in GPT-2, `layers.L.attention` in GPT-NeoX). sparsify hooks module outputs, so it has
-no name for `resid_pre`.
+no name for `resid_pre`; and in post-norm blocks its `layers.L.mlp` is the MLP before its norm,
+which has no SAELens name: we read such a name as `mlp_out`, the norm's output.
 
 Reading runs one forward and stops it as soon as the activation exists: a hook stores the tensor
 and raises, so later blocks, the final norm and the unembedding never run.
@@ -132,9 +135,19 @@ def mlp_module(block: nn.Module, *, layer: int) -> nn.Module:
     return _submodule(block, MLP_NAMES, "MLP", layer)
 
 
+POST_NORMS = {"attn_out": "post_attention_layernorm", "mlp_out": "post_feedforward_layernorm"}
+
+
 def hook_module(model: Any, hook: HookPoint) -> nn.Module:
-    """The module whose input (`resid_pre`) or output (any other site) is the activation."""
+    """The module whose input (`resid_pre`) or output (any other site) is the activation.
+
+    `attn_out` and `mlp_out` are what the sublayer adds to the residual stream, as
+    TransformerLens's hooks are: in blocks that normalise each sublayer's output before adding
+    it (Gemma 2 and 3, OLMo 2: a `post_feedforward_layernorm`), the output of that norm. (In
+    Llama-style blocks `post_attention_layernorm` is the MLP's input norm instead.)"""
     block = find_blocks(model)[hook.layer]
+    if hook.site in POST_NORMS and hasattr(block, POST_NORMS["mlp_out"]):
+        return getattr(block, POST_NORMS[hook.site])
     if hook.site == "attn_out":
         return attention_module(block, layer=hook.layer)
     if hook.site == "mlp_out":
