@@ -139,6 +139,7 @@ bench-scale: setup
 check-peers: setup
 	bash bench/peers/setup.sh
 	.venv-peers/bin/python bench/peers/check_formats.py
+	.venv-peers/bin/python bench/peers/check_neuronpedia.py
 
 clean:
 	rm -rf $(VENV) .venv-peers runs .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -59,7 +59,55 @@ def parser() -> argparse.ArgumentParser:
     compare.add_argument(
         "--rel", type=float, default=0.0, help="relative tolerance for floats (default: exact)"
     )
+    export = commands.add_parser(
+        "export",
+        help="write an index's latents as Neuronpedia's feature files (SAEDashboard's JSON)",
+        description="Write every latent of an index as the batch-N.json files SAEDashboard's "
+        "NeuronpediaRunner writes for Neuronpedia (its field names; what the index does not hold "
+        "left empty: indexer/neuronpedia.py lists it), read from the index alone.",
+    )
+    export.add_argument("--index", required=True, help="the index file to read")
+    export.add_argument(
+        "--out", required=True, help="a new or empty folder for batch-0.json, batch-1.json, ..."
+    )
+    export.add_argument(
+        "--format",
+        choices=["neuronpedia"],
+        default="neuronpedia",
+        help="what to write (default: neuronpedia, SAEDashboard's batch files)",
+    )
+    export.add_argument(
+        "--batch-size", type=int, default=128, help="latents per batch file (default: 128)"
+    )
+    export.add_argument(
+        "--model-id",
+        help="the model's id on Neuronpedia (default: the index's model; default as its "
+        "Hugging Face id)",
+    )
+    export.add_argument(
+        "--sae-set", help="the SAE set's id on Neuronpedia (default: latent-atlas-<latents>)"
+    )
+    export.add_argument(
+        "--layer", type=int, help="the layer to file it under (default: the index's)"
+    )
+    export.add_argument("--quiet", action="store_true", help="no progress bar")
     return root
+
+
+def _export(args: argparse.Namespace) -> int:
+    from indexer.neuronpedia import export_neuronpedia
+
+    exported = export_neuronpedia(
+        Path(args.index),
+        Path(args.out),
+        batch_size=args.batch_size,
+        model_id=args.model_id,
+        sae_set=args.sae_set,
+        layer=args.layer,
+        progress=not args.quiet,
+    )
+    print("\n".join(exported.lines()))
+    return 0
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -86,6 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "compare":
             return _compare(args)
+        if args.command == "export":
+            return _export(args)
         if args.command == "merge":
             from indexer.merge import merge_shards
 

@@ -44,7 +44,7 @@ PROGRAMS: dict[str, Callable[[list[str]], int]] = {
 
 SUBCOMMANDS = {
     "sae": ["harvest", "train", "eval", "sweep", "report", "convert", "fetch"],
-    "indexer": ["build", "merge", "compare"],
+    "indexer": ["build", "merge", "compare", "export"],
     "atlas": ["serve"],
 }
 
@@ -66,6 +66,10 @@ HAND_MADE: dict[tuple[str, str], list[str]] = {
     ("atlas", "serve"): ["--index", "--host", "--port", "--max-live-chars", "--allow-host"],
     ("indexer", "compare"): ["a", "b", "--ignore", "--rel"],
     ("indexer", "merge"): ["SHARD", "--out"],
+    ("indexer", "export"): [
+        "--index", "--out", "--format", "--batch-size", "--model-id", "--sae-set", "--layer",
+        "--quiet",
+    ],
 }
 
 

@@ -186,6 +186,7 @@ SWEEP = [
     "--tokens=256",
     "--batch-size=256",
     "--relu-l1=",
+    "--batchtopk-k=",
     "--dead-latents=0",
 ]
 SWEEP_CASES = {

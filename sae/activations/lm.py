@@ -41,6 +41,12 @@ DEFAULT_FOLDER = "smollm2-135m-instruct"
 ModelDtype = Literal["float32", "bfloat16", "float16"]
 
 
+def published_model_id(model: str) -> str:
+    """The model's name where other tools look it up (SAELens, Neuronpedia): its Hugging Face
+    id, for the default model too, which we name 'default'."""
+    return DEFAULT_MODEL_ID if model == DEFAULT_MODEL else model
+
+
 @dataclass
 class LanguageModel:
     """A causal LM with its tokenizer, and where it came from."""

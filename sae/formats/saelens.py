@@ -274,9 +274,9 @@ def saelens_config(cfg: SaeConfig, normalize: str) -> dict[str, Any]:
     """The cfg.json of SAELens's config's to_dict() (TopKSAEConfig, JumpReLUSAEConfig,
     StandardSAEConfig), with what we know of provenance."""
     from sae.activations.hookpoints import recorded_hookpoint
-    from sae.activations.lm import DEFAULT_MODEL, DEFAULT_MODEL_ID
+    from sae.activations.lm import published_model_id
 
-    model = DEFAULT_MODEL_ID if cfg.model == DEFAULT_MODEL else cfg.model
+    model = published_model_id(cfg.model)
     point = recorded_hookpoint(cfg.layer, cfg.hook)
     hook = point.saelens_name if point is not None else ""  # TransformerLens's name for it
     metadata: dict[str, Any] = {
