@@ -10,7 +10,7 @@ from typing import Any, overload
 
 from markupsafe import Markup, escape
 
-from app.records import Example
+from app.records import Example, Snippet
 from sae.visible import visible
 
 SHADES = 10  # highlight steps: CSS classes act-0 .. act-10 (no inline styles under the CSP)
@@ -123,12 +123,29 @@ def _highlighted(
     for i in compress(range(len(activations)), activations):  # the few not 0, found in C
         activation = activations[i]
         if activation > 0:  # only these become spans
-            text, peak = parts[i], " peak" if i == example.position else ""
-            parts[i] = (
-                f'<span class="tok {shade_of(activation)}{peak}" '
-                f'title="{text}: {activation:.4g}">{text}</span>'
-            )
+            parts[i] = _tinted(parts[i], activation, i == example.position, shade_of)
     return "".join(parts)
+
+
+def _tinted(text: str, activation: float, peak: bool, shade_of: Callable[[float], str]) -> str:
+    """A token (escaped) where the latent fires: tinted by its activation, titled with it."""
+    mark = " peak" if peak else ""
+    return (
+        f'<span class="tok {shade_of(activation)}{mark}" '
+        f'title="{text}: {activation:.4g}">{text}</span>'
+    )
+
+
+def snippet(item: Snippet, *, maximum: float | None) -> Markup:
+    """A search result's snippet as its `<span class="context">`, tinted as a latent page
+    tints its examples (against the latent's maximum)."""
+    shade_of = shader(maximum)
+    parts = [
+        _tinted(text, t.activation, i == item.position, shade_of) if t.activation > 0 else text
+        for i, t in enumerate(item.tokens)
+        for text in (escaped_token(t.text),)
+    ]
+    return Markup(f'<span class="context snippet">{"".join(parts)}</span>')
 
 
 def example_list(
@@ -226,5 +243,6 @@ FILTERS = {
     "density": density,
     "token": token,
     "example_list": example_list,
+    "snippet": snippet,
     "label": label,
 }

@@ -193,11 +193,70 @@ class TokenMatch:
     latents: list[TokenLatent]
 
 
+# How latents are found by text: "text" ranks them by BM25 over their documents
+# (`latent_documents`); activation search will join it.
+SearchMode = Literal["text"]
+# What ranked them: BM25 through the index's text index, or, for an index built before it, the
+# query as a substring of explanation and top token.
+SearchRanking = Literal["bm25", "substring"]
+
+
+@dataclass(frozen=True)
+class Snippet:
+    """A result's best top example (the first whose window holds the query, else most of its
+    words) cut to the window around its firing token that its document holds."""
+
+    rank: int  # among the latent's top examples, 0 = strongest
+    context_id: int
+    doc_id: str
+    position: int  # of the firing token in `tokens`
+    activation: float  # there
+    tokens: list[ExampleToken]
+
+
+@dataclass(frozen=True)
+class SearchHit(LatentSummary):
+    """A latent found by a search: its table row, its score and its snippet. Results are
+    ranked by `phrase_examples`, then `score`, larger first."""
+
+    score: float  # BM25 of its document (or, without one, the substring match's 1 to 7)
+    # of its top examples, those whose window holds the query as typed, ignoring case: for a
+    # query of several words, counted for the best latents by score (0 for the others)
+    phrase_examples: int
+    snippet: Snippet | None  # None: it has no top example
+
+
 @dataclass(frozen=True)
 class SearchResults:
+    """A page of search results; `reason` says why there are none, `notice` what the index
+    lacks for ranked search and how to get it."""
+
     query: str
-    latents: list[LatentSummary]
-    tokens: list[TokenMatch]
+    mode: SearchMode
+    ranking: SearchRanking
+    total: int  # latents matching, on every page
+    offset: int
+    limit: int
+    latents: list[SearchHit]
+    tokens: list[TokenMatch]  # vocabulary tokens equal to the query and their latents
+    reason: str | None = None
+    notice: str | None = None
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    """What a search asks: the text, the mode and the page."""
+
+    q: str = ""
+    mode: SearchMode = "text"
+    offset: int = 0
+    limit: int = 50
+
+    def __post_init__(self) -> None:
+        if self.offset < 0:
+            raise ValueError(f"offset must not be negative, got {self.offset}")
+        if self.limit <= 0:
+            raise ValueError(f"limit must be positive, got {self.limit}")
 
 
 @dataclass(frozen=True)

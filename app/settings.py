@@ -21,7 +21,7 @@ class AppSettings:
     page_size: int = field(default=50, metadata={"help": "latents per table page by default"})
     max_page_size: int = field(default=200, metadata={"help": "most latents one page may ask"})
     max_query_chars: int = field(default=200, metadata={"help": "longest search string"})
-    search_limit: int = field(default=50, metadata={"help": "most search results shown"})
+    search_limit: int = field(default=50, metadata={"help": "search results per page by default"})
     max_live_chars: int = field(default=2000, metadata={"help": "longest live text accepted"})
     max_live_tokens: int = field(default=512, metadata={"help": "most tokens of live text"})
     live_top_latents: int = field(default=5, metadata={"help": "latents shown per live token"})

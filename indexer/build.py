@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 import sae as sae_package
-from indexer import memory, schema
+from indexer import fts, memory, schema
 from indexer.accumulate import Accumulators
 from indexer.config import BuildConfig
 from indexer.encode import encode_chunk
@@ -66,6 +66,7 @@ def build(cfg: BuildConfig, *, progress: bool = True) -> BuildSummary | None:
     out = Path(cfg.out).expanduser()
     check_not_inside(out, *_sae_folders(cfg.sae))
     check_output_file(out, kind="a Latent Atlas index", is_ours=is_index)
+    fts.extension_path()  # the text index is made last: a missing extension fails now
     model = sae_package.load(cfg.sae, device=cfg.device)
     source, lm = _open_source(cfg, model)
     check_not_inside(out, ("the activation cache", cfg.acts))  # once --acts is known a cache

@@ -5,6 +5,9 @@ the code (a refactor must change nothing), between a data-sharded and a single b
 interrupted build was rerun. Rows are compared in a canonical order (ORDER BY every column), so
 the order in which a build wrote them does not matter; JSON columns are compared as values.
 Columns that say when and where a build ran differ by nature and are left out unless asked.
+The tables of the main schema are compared: `latent_documents` among them, but not the text
+index DuckDB's FTS extension makes from it in a schema of its own (`fts_main_latent_documents`):
+it holds nothing the documents do not, in the extension's layout rather than ours.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 
 import duckdb
 
+from indexer.schema import TABLE_NAMES
 from sae.errors import AtlasError
 
 # When the build ran, how long it took and where it wrote (settings.out): the columns two builds
@@ -44,7 +48,7 @@ def table_rows(
     except duckdb.Error as exc:
         raise AtlasError(f"{index}: not a readable index ({exc})") from None
     with connection:
-        names = [row[0] for row in connection.execute("SHOW TABLES").fetchall()]
+        names = [row[0] for row in connection.execute(TABLE_NAMES).fetchall()]
         for name in sorted(names):
             described = connection.execute(f'DESCRIBE "{name}"').fetchall()
             columns = [row[0] for row in described if row[0] not in leave_out]

@@ -25,7 +25,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from indexer import schema
+from indexer import fts, schema
 from indexer.config import BuildConfig
 from indexer.finalize import summary_metrics
 from indexer.index_file import BuildSummary, is_complete_index, is_index
@@ -68,6 +68,7 @@ def merge_shards(paths: Sequence[Path], out: Path) -> BuildSummary:
     if out.is_file() and is_index(out) and (mark := read_mark(out)) is not None:
         raise AtlasError(f"--out {out} is {mark.describe()}; write the index somewhere else")
     check_output_file(out, kind="a Latent Atlas index", is_ours=is_complete_index)
+    fts.extension_path()  # the text index is made last: a missing extension fails now
     shards = in_order([read_shard(Path(p)) for p in paths])
     connection = duckdb.connect()
     try:
@@ -219,8 +220,9 @@ def _merged_tables(connection: duckdb.DuckDBPyConnection, shards: list[Shard]) -
     }
     out: dict[str, Rows] = {}
     for name in shards[0].tables:
-        if name in ("build", schema.latent_pages.name) or name in schema.shard_metadata.tables:
-            continue  # made anew (the pages from the merged tables); what only a shard holds
+        made_anew = ("build", schema.latent_pages.name, schema.latent_documents.name)
+        if name in made_anew or name in schema.shard_metadata.tables:
+            continue  # made anew (pages, documents: from the merged tables); only a shard's
         if name in rules:
             out[name] = _reader(connection, [rules[name](name)])
         elif "latent_id" in _column_names(connection, name):

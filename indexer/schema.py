@@ -258,10 +258,29 @@ latent_pages = sa.Table(
     sa.Column("page", sa.LargeBinary, nullable=False),
 )
 
+# One text document per latent, what text search ranks latents by (indexer/documents.py says
+# what goes in and why): its explanation, its top tokens (by rank, space-separated) and the text
+# of its top examples, each a window around the token where the latent fires most (a list, by
+# rank: `examples[i + 1]` is the window of top example i, and its firing token is the characters
+# `peak_from[i + 1]` to `peak_to[i + 1]`, counted from 0, end excluded). The text index over it
+# (DuckDB's FTS: BM25 over stemmed words) is made from it in the schema
+# `fts_main_latent_documents` (indexer/fts.py), which the app queries.
+latent_documents = sa.Table(
+    "latent_documents",
+    metadata,
+    _id("latent_id"),
+    sa.Column("explanation", sa.String),
+    sa.Column("top_tokens", sa.String),
+    sa.Column("examples", sa.ARRAY(sa.String)),
+    sa.Column("peak_from", sa.ARRAY(sa.Integer)),
+    sa.Column("peak_to", sa.ARRAY(sa.Integer)),
+)
+
 # The tables of the connection's own database, by name: one query for the indexer and the app.
+# Those of the main schema: the text index's own tables live in a schema of their own.
 TABLE_NAMES = (
     "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
-    "ORDER BY table_name"
+    "AND schema_name = 'main' ORDER BY table_name"
 )
 
 # Lookups the app makes on every latent page.

@@ -25,7 +25,8 @@ from app.settings import AppSettings
 
 FILE_HEADER = 3 * 4096  # DuckDB's main header and its two database headers come first
 SECURITY_HEADERS = ("content-security-policy", "x-content-type-options", "referrer-policy")
-TABLES = "SELECT table_name FROM duckdb_tables() WHERE table_name <> 'build'"
+# every table but `build`, the text index's (in a schema of its own) too
+TABLES = "SELECT schema_name || '.' || table_name FROM duckdb_tables() WHERE table_name <> 'build'"
 BLOCKS = "SELECT DISTINCT block_id FROM pragma_storage_info(?) WHERE block_id >= 0"
 
 

@@ -23,11 +23,23 @@ START_TABLES = ("build", "vocab", "density_histogram")  # read before serving, w
 
 
 def _quoted(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+    """A table's name for SQL: `schema.table` for one outside the main schema."""
+    return ".".join('"' + part.replace('"', '""') + '"' for part in name.split(".", 1))
 
 
 def table_names(connection: sa.Connection) -> list[str]:
+    """The tables of the main schema: the index's own."""
     return [row[0] for row in connection.exec_driver_sql(s.TABLE_NAMES).all()]
+
+
+def stored_tables(connection: sa.Connection) -> list[str]:
+    """Every table in the file: the main schema's by name, then the others (the text index's)
+    as `schema.table`."""
+    others = connection.exec_driver_sql(
+        "SELECT schema_name || '.' || table_name FROM duckdb_tables() "
+        "WHERE database_name = current_database() AND schema_name <> 'main' ORDER BY ALL"
+    ).all()
+    return table_names(connection) + [row[0] for row in others]
 
 
 def read_tables(connection: sa.Connection, tables: list[str]) -> None:

@@ -5,7 +5,8 @@ through duckdb-engine on a read-only DuckDB connection; values always travel as 
 parameters, and every list query carries a row cap. Each call takes its own pooled
 connection (DuckDB connections are not shared between threads), but for a latent's page: its
 `latent_pages` row (one primary-key read) and the contexts of its examples (kept once read, a
-bounded number: `app/db/contexts.py`) on this thread's DuckDB cursor (`app/db/cursors.py`).
+bounded number: `app/db/contexts.py`) on this thread's DuckDB cursor (`app/db/cursors.py`), as
+text search's queries (`app/db/search.py`, which need the FTS extension each connection loads).
 Nothing per latent is held in memory, so neither the start, the first page nor the memory
 grows with the number of latents. Results are the dataclasses of
 `app/records.py`.
@@ -17,7 +18,7 @@ import json
 import logging
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from sqlalchemy.engine import RowMapping
 from app import records as r
 from app.db import detail as db_detail
 from app.db import search as db_search
-from app.db.check import read_tables, split_tables, table_names
+from app.db.check import read_tables, split_tables, stored_tables, table_names
 from app.db.contexts import Contexts
 from app.db.cursors import Cursors
 from app.db.detail import ListsReader
@@ -37,8 +38,10 @@ from app.db.per_table import table_lists
 from app.db.rows import SORT_COLUMNS, latent_filters, summary
 from app.errors import STORAGE_ERRORS, AtlasAppError, damaged_index
 from app.filters import EscapedTokens
+from indexer import fts
 from indexer import schema as s
 from indexer.shards import ShardMark, not_servable
+from sae.errors import AtlasError
 from sae.report.results import current_metric_keys
 
 log = logging.getLogger("atlas")
@@ -64,8 +67,14 @@ def open_engine(path: Path) -> tuple[sa.Engine, list[str]]:
     if not path.is_file():
         raise AtlasAppError(f"index file {path} does not exist", status=500)
     url = sa.engine.URL.create("duckdb", database=str(path))  # any character in the name
-    config = {"memory_limit": MEMORY_LIMIT, "threads": DUCKDB_THREADS}
+    # Nothing is downloaded: the text index's extension comes from its package (indexer/fts.py)
+    config = {
+        "memory_limit": MEMORY_LIMIT,
+        "threads": DUCKDB_THREADS,
+        "autoinstall_known_extensions": False,
+    }
     engine = sa.create_engine(url, connect_args={"read_only": True, "config": config})
+    sa.event.listen(engine, "connect", _load_text_search)
     try:
         with engine.connect() as connection:
             connection.execute(sa.select(s.build.c.schema_version).limit(1)).all()
@@ -85,7 +94,7 @@ def open_engine(path: Path) -> tuple[sa.Engine, list[str]]:
         raise AtlasAppError(not_servable(path, ShardMark(*mark)), status=500)
     try:
         with engine.connect() as connection:
-            tables = table_names(connection)
+            tables = stored_tables(connection)
             now, later = split_tables(tables, file_size=path.stat().st_size)
             read_tables(connection, now)
     except STORAGE_ERRORS as exc:
@@ -93,6 +102,13 @@ def open_engine(path: Path) -> tuple[sa.Engine, list[str]]:
         raise damaged_index(path, exc) from None
     engine.dispose()  # frees the blocks the check left in DuckDB's cache; reopens on use
     return engine, later
+
+
+def _load_text_search(dbapi_connection: Any, _record: Any) -> None:
+    """Each new connection gets the text index's extension, when it is installed (else
+    `IndexDB.search_notice` says why search falls back to substrings)."""
+    with suppress(AtlasError):
+        fts.load(dbapi_connection)
 
 
 class IndexDB:
@@ -110,6 +126,7 @@ class IndexDB:
         self.cursors = Cursors(self.engine)
         self.contexts = Contexts()
         self._lists_of = self._lists_reader()
+        self.search_notice = self._search_notice()  # None: ranked text search is served
         self.checked = threading.Event()  # set once every block has been read
         if unchecked:
             threading.Thread(target=self._check, args=(unchecked,), daemon=True).start()
@@ -133,6 +150,32 @@ class IndexDB:
             self.path,
         )
         return table_lists
+
+    def _search_notice(self) -> str | None:
+        """Why text search falls back to substrings (None: it does not), for the search page."""
+        fallback = "latents are matched by their explanation or top token containing the text"
+        with self.engine.connect() as connection:
+            tables = table_names(connection)
+            indexed = connection.exec_driver_sql(
+                "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
+                "AND schema_name = ?",
+                (fts.SCHEMA,),
+            ).scalar_one()
+        if s.latent_documents.name not in tables or not indexed:
+            notice = (
+                "This index was built before ranked text search, so "
+                f"{fallback}. Rebuild it with `indexer build` (or `indexer merge` for a "
+                "sharded build) to rank latents by BM25 over their explanations, top tokens "
+                "and top examples."
+            )
+        else:
+            try:
+                fts.extension_path()
+                return None
+            except AtlasError as exc:
+                notice = f"Ranked text search is off ({exc}), so {fallback}."
+        log.warning("%s: %s", self.path, notice)
+        return notice
 
     def _check(self, tables: list[str]) -> None:
         """Every block of the tables that grow with the width read once, right after start."""
@@ -263,8 +306,23 @@ class IndexDB:
             )
         return detail
 
-    def search(self, query: str, *, limit: int) -> r.SearchResults:
+    def search(self, query: r.SearchQuery) -> r.SearchResults:
+        """A page of the latents matching `query` with their snippets, and the latents firing
+        most on a vocabulary token equal to it; `reason` says why there are none."""
+        notice = self.search_notice
+        if not query.q.strip():
+            found = db_search.Found(0, [], None, "", db_search.EMPTY)
+            return db_search.results(query, found, {}, [], notice=notice)
+        vocab = self.vocab()
+        self._served()
+        if notice is None:
+            with self.cursors.cursor() as cursor:
+                found = db_search.ranked(cursor, query)
+        else:
+            with self._connect() as connection:
+                found = db_search.substring(connection, query)
+        with self.cursors.cursor() as cursor:
+            snippets = db_search.snippets(cursor, found, vocab=vocab)
         with self._connect() as connection:
-            latents = db_search.search_latents(connection, query, limit=limit)
-            tokens = db_search.search_tokens(connection, query, per_token=10)
-        return r.SearchResults(query=query, latents=latents, tokens=tokens)
+            tokens = db_search.search_tokens(connection, query.q, per_token=10)
+        return db_search.results(query, found, snippets, tokens, notice=notice)

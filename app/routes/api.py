@@ -4,21 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Path, Query
+from fastapi import APIRouter, Body, Depends, Path
 from pydantic import BaseModel, Field
 
 from app import records as r
 from app.db import IndexDB
 from app.live import LiveEncoder
-from app.routes.params import (
-    MAX_QUERY,
-    check_query_text,
-    db_of,
-    latent_query,
-    live_of,
-    settings_of,
-)
-from app.settings import AppSettings
+from app.routes.params import db_of, latent_query, live_of, search_query
 
 router = APIRouter(prefix="/api", tags=["api"])
 LatentId = Annotated[int, Path(ge=-(2**31), le=2**31 - 1, description="the latent's index")]
@@ -59,14 +51,12 @@ def latent_detail(db: Annotated[IndexDB, Depends(db_of)], latent_id: LatentId) -
 @router.get("/search", response_model=r.SearchResults, responses=ERRORS)
 def search(
     db: Annotated[IndexDB, Depends(db_of)],
-    settings: Annotated[AppSettings, Depends(settings_of)],
-    q: Annotated[str, Query(max_length=MAX_QUERY, description="text to look for")] = "",
+    query: Annotated[r.SearchQuery, Depends(search_query)],
 ) -> r.SearchResults:
-    """Latents whose explanation or top token contains `q`, and latents firing on token `q`."""
-    text = check_query_text(q, settings)
-    if not text:
-        return r.SearchResults(query="", latents=[], tokens=[])
-    return db.search(text, limit=settings.search_limit)
+    """A page of latents ranked by BM25 over their explanation, top tokens and top examples
+    (each with `latent_id`, `score` and a snippet of its best example), and the latents firing
+    most on a vocabulary token equal to `q`; `reason` says why none is listed."""
+    return db.search(query)
 
 
 @router.post("/activations", response_model=r.LiveResult, responses=ERRORS)

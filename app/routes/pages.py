@@ -11,15 +11,14 @@ from dataclasses import asdict
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, Form, Query, Request
+from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse
 from markupsafe import Markup
 
 from app import records as r
 from app.db import IndexDB
 from app.live import LiveEncoder
-from app.routes.params import MAX_QUERY, check_query_text, db_of, latent_query, live_of
-from app.settings import AppSettings
+from app.routes.params import db_of, latent_query, live_of, search_query
 from indexer import schema
 from sae.report import render_figures_html, sae_figures
 from sae.report.svg import histogram
@@ -143,16 +142,31 @@ async def latent_page(  # a few ms of CPU from memory: no threadpool hop (it can
     return _render(request, "latent.html", None, context)
 
 
+def search_url(query: r.SearchQuery, **changes: Any) -> str:
+    """The /search URL of `query` with `changes`, defaults left out."""
+    state = asdict(query) | changes
+    defaults = asdict(r.SearchQuery())
+    pairs = [("q", state["q"])] + [
+        (key, state[key]) for key in ("mode", "offset", "limit") if state[key] != defaults[key]
+    ]
+    return "/search?" + urlencode(pairs)
+
+
 @router.get("/search", response_class=HTMLResponse)
 def search(
     request: Request,
     db: Annotated[IndexDB, Depends(db_of)],
-    q: Annotated[str, Query(max_length=MAX_QUERY)] = "",
+    query: Annotated[r.SearchQuery, Depends(search_query)],
 ) -> HTMLResponse:
-    settings: AppSettings = request.app.state.settings
-    text = check_query_text(q, settings)
-    results = db.search(text, limit=settings.search_limit) if text else None
-    context = {"q": text, "results": results}
+    # Nothing asked yet (no `q` at all): the form alone; an empty `q` is told why it finds none.
+    results = db.search(query) if "q" in request.query_params else None
+    context = {
+        "q": query.q,
+        "query": query,
+        "results": results,
+        "notice": db.search_notice,
+        "search_url": search_url,
+    }
     return _render(request, "search.html", "_search_results.html", context)
 
 

@@ -1,4 +1,5 @@
-"""Query parameters shared by the latent table page and `GET /api/latents`.
+"""Query parameters shared by the pages and their JSON twins: the latent table and
+`GET /api/latents`, search and `GET /api/search`.
 
 Bounds are declared in the schema (so `/openapi.json` documents them and bad values get a
 422 before any query runs) and again against the app's settings, which can be tighter.
@@ -14,7 +15,7 @@ from pydantic import BeforeValidator, Field
 from app.db import IndexDB
 from app.errors import AtlasAppError
 from app.live import LiveEncoder
-from app.records import LatentQuery, SortKey, SortOrder
+from app.records import LatentQuery, SearchMode, SearchQuery, SortKey, SortOrder
 from app.settings import AppSettings
 
 MAX_OFFSET = 2**31 - 1
@@ -76,17 +77,13 @@ def latent_query(
     max_density: OptionalDensity = None,
 ) -> LatentQuery:
     settings = settings_of(request)
-    if limit is not None and limit > settings.max_page_size:
-        raise AtlasAppError(
-            f"limit {limit} is too large: at most {settings.max_page_size} latents per page",
-            status=422,
-        )
+    size = _page_size(limit, settings, default=settings.page_size, what="latents")
     try:
         return LatentQuery(
             sort=sort,
             order=order,
             offset=offset,
-            limit=limit or settings.page_size,
+            limit=size,
             q=check_query_text(q, settings),
             flags=tuple(f for f in flag or () if f),
             not_flags=tuple(f for f in not_flag or () if f),
@@ -95,3 +92,27 @@ def latent_query(
         )
     except ValueError as exc:
         raise AtlasAppError(f"bad request: {exc}", status=422) from None
+
+
+def _page_size(limit: int | None, settings: AppSettings, *, default: int, what: str) -> int:
+    if limit is not None and limit > settings.max_page_size:
+        raise AtlasAppError(
+            f"limit {limit} is too large: at most {settings.max_page_size} {what} per page",
+            status=422,
+        )
+    return limit or default
+
+
+def search_query(
+    request: Request,
+    q: Annotated[str, Query(max_length=MAX_QUERY, description="text to look for")] = "",
+    mode: Annotated[
+        SearchMode,
+        Query(description="text: BM25 over explanations, top tokens and top examples"),
+    ] = "text",
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="results to skip")] = 0,
+    limit: Annotated[int | None, Query(ge=1, le=MAX_LIMIT, description="page size")] = None,
+) -> SearchQuery:
+    settings = settings_of(request)
+    size = _page_size(limit, settings, default=settings.search_limit, what="results")
+    return SearchQuery(q=check_query_text(q, settings), mode=mode, offset=offset, limit=size)
