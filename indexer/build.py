@@ -31,7 +31,7 @@ from indexer.accumulate import Accumulators
 from indexer.config import BuildConfig
 from indexer.encode import encode_chunk
 from indexer.finalize import assemble, head_of
-from indexer.index_file import BuildSummary, is_complete_index, is_index
+from indexer.index_file import BuildSummary, is_complete_index, is_index, replace_hint
 from indexer.shards import (
     Plan,
     plan,
@@ -65,7 +65,7 @@ def build(cfg: BuildConfig, *, progress: bool = True) -> BuildSummary | None:
     started = time.perf_counter()
     out = Path(cfg.out).expanduser()
     check_not_inside(out, *_sae_folders(cfg.sae))
-    check_output_file(out, kind="a Latent Atlas index", is_ours=is_index)
+    check_output_file(out, kind="a Latent Atlas index", is_ours=is_index, hint=replace_hint(out))
     fts.extension_path()  # the text index is made last: a missing extension fails now
     model = sae_package.load(cfg.sae, device=cfg.device)
     source, lm = _open_source(cfg, model)

@@ -63,6 +63,32 @@ def is_index(path: Path) -> bool:
     return found is not None and found[0] == 2
 
 
+REPLACE_HINT = "choose another path, or remove the file yourself"
+
+
+def replace_hint(path: Path) -> str:
+    """What to do about a file that is not provably an index: the usual words, or, for a
+    DuckDB file in a storage format this DuckDB cannot read (an index an earlier Latent Atlas
+    wrote with DuckDB 2.0, say), that it must be removed before building again."""
+    import duckdb
+
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(12)[8:] != DUCKDB_MAGIC:
+                return REPLACE_HINT
+        duckdb.connect(str(path), read_only=True).close()
+    except OSError:
+        return REPLACE_HINT
+    except duckdb.Error as exc:
+        if "version number" in str(exc):
+            return (
+                f"it is a DuckDB file in a storage format DuckDB {duckdb.__version__} cannot "
+                "read, such as an index an earlier Latent Atlas wrote with DuckDB 2.0; remove "
+                "it yourself and build again"
+            )
+    return REPLACE_HINT
+
+
 def is_complete_index(path: Path) -> bool:
     """An index `indexer build` or `indexer merge` wrote, not a shard: what merging may replace."""
     return is_index(path) and read_mark(path) is None

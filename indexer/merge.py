@@ -28,7 +28,7 @@ import pyarrow as pa
 from indexer import fts, schema
 from indexer.config import BuildConfig
 from indexer.finalize import summary_metrics
-from indexer.index_file import BuildSummary, is_complete_index, is_index
+from indexer.index_file import BuildSummary, is_complete_index, is_index, replace_hint
 from indexer.shards import LatentSlice, ShardMark, read_mark, table_names
 from indexer.store import Rows, write_index
 from sae.errors import AtlasError
@@ -67,7 +67,9 @@ def merge_shards(paths: Sequence[Path], out: Path) -> BuildSummary:
     started = time.perf_counter()
     if out.is_file() and is_index(out) and (mark := read_mark(out)) is not None:
         raise AtlasError(f"--out {out} is {mark.describe()}; write the index somewhere else")
-    check_output_file(out, kind="a Latent Atlas index", is_ours=is_complete_index)
+    check_output_file(
+        out, kind="a Latent Atlas index", is_ours=is_complete_index, hint=replace_hint(out)
+    )
     fts.extension_path()  # the text index is made last: a missing extension fails now
     shards = in_order([read_shard(Path(p)) for p in paths])
     connection = duckdb.connect()

@@ -16,6 +16,7 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
@@ -99,6 +100,41 @@ def test_indexer_build_refuses_an_out_it_must_not_write(
     out, message = INDEX_CASES[case]
     argv = ["build", f"--sae={work.sae}", f"--acts={work.acts}", f"--out={work.root / out}"]
     assert_refused(indexer.cli.main, [*argv, *INDEX_SMALL], work, capsys, message, out)
+
+
+def test_an_index_in_a_storage_format_this_duckdb_cannot_read_is_kept_and_named(
+    work: Work,
+    app_index: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An index an earlier Latent Atlas wrote with DuckDB 2.0 cannot be opened to prove it is
+    ours: the build leaves it and says what it is and what to do; serving it says the same.
+    (A 2.0 file cannot be written here, and a patched header fails DuckDB's checksum first:
+    DuckDB's own refusal of one, word for word, stands in for it.)"""
+    from app.db.index import open_engine
+    from app.errors import AtlasAppError
+
+    out = work.root / "index.duckdb"
+    shutil.copy(app_index, out)
+    real_connect = duckdb.connect
+    refusal = (
+        "IO Error: Trying to read a database file with version number 999, but we can only "
+        "read versions between 64 and 68."
+    )
+
+    def connect(*args: Any, **kwargs: Any) -> Any:
+        if str(kwargs.get("database", args[0] if args else "")) == str(out):
+            raise duckdb.IOException(refusal)
+        return real_connect(*args, **kwargs)
+
+    monkeypatch.setattr(duckdb, "connect", connect)
+    argv = ["build", f"--sae={work.sae}", f"--acts={work.acts}", f"--out={out}", *INDEX_SMALL]
+    assert_refused(
+        indexer.cli.main, argv, work, capsys, "storage format DuckDB", "remove it yourself"
+    )
+    with pytest.raises(AtlasAppError, match=r"written with DuckDB 2\.0 must be built again"):
+        open_engine(out)
 
 
 def test_indexer_build_replaces_an_index_it_wrote(

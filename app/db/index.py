@@ -82,8 +82,14 @@ def open_engine(path: Path) -> tuple[sa.Engine, list[str]]:
         engine.dispose()
         cause = getattr(exc, "orig", None) or exc  # the driver's own message, not SQLAlchemy's
         first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(exc).__name__
+        newer = (
+            " (an index written with DuckDB 2.0 must be built again)"
+            if ("version number" in first)
+            else ""
+        )
         raise AtlasAppError(
-            f"{path} is not a readable Latent Atlas index (built by `indexer build`): {first}",
+            f"{path} is not a readable Latent Atlas index (built by `indexer build`): "
+            f"{first}{newer}",
             status=500,
         ) from None
     with engine.connect() as connection:  # a shard of a latent-sharded build is not an index
