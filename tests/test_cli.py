@@ -67,7 +67,13 @@ HAND_MADE: dict[tuple[str, str], list[str]] = {
     ("indexer", "compare"): ["a", "b", "--ignore", "--rel"],
     ("indexer", "merge"): ["SHARD", "--out"],
     ("indexer", "export"): [
-        "--index", "--out", "--format", "--batch-size", "--model-id", "--sae-set", "--layer",
+        "--index",
+        "--out",
+        "--format",
+        "--batch-size",
+        "--model-id",
+        "--sae-set",
+        "--layer",
         "--quiet",
     ],
 }
