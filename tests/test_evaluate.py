@@ -141,7 +141,7 @@ def test_eval_command_prints_json(tmp_path: Path, sentence_cache: Path) -> None:
     )
     with duckdb.connect(str(out), read_only=True) as connection:
         sae_eval, training = connection.execute(
-            "SELECT report->'eval'->>'delta_loss', report->'training'->-1->>'step' FROM build"
+            "SELECT report->'eval'->>'delta_loss', report->'training'->(-1)->>'step' FROM build"
         ).fetchone()
     assert float(sae_eval) == pytest.approx(values["delta_loss"])
     assert int(training) == 10
